@@ -1,0 +1,1 @@
+"""call-me server: a lock server for shared test environments."""

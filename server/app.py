@@ -1,0 +1,122 @@
+"""The Starlette application: routes, the error table, and the life of the store and the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import openapi, render, routes_maybe, routes_v1
+from .auth import Keyring
+from .clock import Clock
+from .constants import SWEEP_INTERVAL
+from .errors import CallMeError, Invalid, NotFound, Unavailable
+from .http import Parts, parts
+from .service import Service
+from .settings import Settings
+from .store.base import Store
+from .store.sqlite import SQLiteStore
+
+log = logging.getLogger("callme.app")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if await parts(request).service.ready():
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "unavailable"}, status_code=503)
+
+
+async def openapi_json(request: Request) -> Response:
+    parts(request).keyring.require(request.headers, "read")
+    return JSONResponse(openapi.document())
+
+
+async def _callme_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CallMeError)
+    return render.problem(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return render.problem(NotFound(f"no route {request.url.path}; see /openapi.json"))
+    error = CallMeError(exc.detail or "")
+    error.status, error.code, error.title = exc.status_code, "invalid", exc.detail or "Error"
+    if exc.status_code == 405:
+        error.detail = f"{request.method} is not allowed on {request.url.path}"
+    response = render.problem(error)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("event=internal_error path=%s", request.url.path)
+    error = CallMeError("an unexpected error happened in the server; it has been logged")
+    return render.problem(error)
+
+
+async def _sweeper(service: Service) -> None:
+    while True:
+        try:
+            await service.sweep()
+        except Unavailable:
+            pass  # already logged; the next round tries again
+        except Exception:
+            log.exception("event=sweep_failed")
+        await asyncio.sleep(SWEEP_INTERVAL)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The application; it opens `store` (or the configured SQLite file) on start-up unless already open."""
+    owned = store is None
+    the_store: Store = store if store is not None else SQLiteStore(settings.database, Clock())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if owned:
+            await the_store.open()
+        service = Service(the_store, settings)
+        app.state.parts = Parts(settings, service, Keyring(settings.keys, no_auth=settings.no_auth))
+        await service.apply_declared([(e.name, e.change) for e in settings.environments])
+        sweeper = asyncio.create_task(_sweeper(service), name="callme-sweeper")
+        try:
+            yield
+        finally:
+            service.waiters.close()
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            if owned:
+                await the_store.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *routes_v1.routes,
+        *routes_maybe.routes,
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            CallMeError: _callme_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+
+
+__all__ = ["Invalid", "create_app"]

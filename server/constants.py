@@ -1,0 +1,43 @@
+"""Every limit, default and name of the server, named once."""
+
+from __future__ import annotations
+
+import re
+
+SCHEMA_VERSION = 1
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_SLOTS = 1000
+MAX_HOLDER_LENGTH = 200
+MAX_REQUEST_ID_LENGTH = 100
+MAX_METADATA_BYTES = 4096
+MAX_BODY_BYTES = 64 * 1024
+MAX_DESCRIPTION_LENGTH = 2000
+MAX_NOTE_LENGTH = 2000
+MAX_PROPERTIES = 100
+MAX_PROPERTY_VALUE_LENGTH = 2000
+MAX_LABELS = 50
+# Priorities are bounded so that they always fit the stores' 64-bit integers.
+MIN_PRIORITY = -1_000_000
+MAX_PRIORITY = 1_000_000
+MAX_HISTORY_LIMIT = 1000
+DEFAULT_HISTORY_LIMIT = 100
+
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a server is meant to be reached; tests bind 127.0.0.1
+DEFAULT_DATABASE = "call-me.db"
+DEFAULT_TTL = 3600
+DEFAULT_MAX_TTL = 86400
+DEFAULT_MAYBE_TTL = 6 * 3600
+DEFAULT_MAX_WAIT = 25.0
+DEFAULT_TICKET_GRACE = 60.0
+
+# How often the background task looks for leases and tickets past their deadline.
+SWEEP_INTERVAL = 0.25
+# Ended tickets are kept this long so that a repeated request_id finds what it made (API.md: 24 h).
+REQUEST_ID_RETENTION = 48 * 3600
+
+ADMIN_KEY_NAME = "admin"
+NO_AUTH_NAME = "anonymous"
+
+ROLES = ("read", "client", "admin")

@@ -1,0 +1,94 @@
+"""Errors of the server, each with its HTTP status and the stable `code` of API.md.
+
+    CallMeError
+    ├── Unauthorized       401 unauthorized
+    ├── Forbidden          403 forbidden
+    ├── WrongToken         403 wrong_token
+    ├── NotFound           404 not_found
+    ├── Busy               409 busy          (carries the holders)
+    ├── Maintenance        409 maintenance
+    ├── Conflict           409 conflict
+    ├── TicketGone         410 ticket_gone
+    ├── LeaseGone          410 lease_gone
+    ├── TooLarge           413 too_large
+    ├── BadJSON            400 invalid
+    ├── Invalid            422 invalid       (names the field)
+    └── Unavailable        503 unavailable
+
+ConfigError is separate: it stops start-up with one line and never reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CallMeError(Exception):
+    status = 500
+    code = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class Unauthorized(CallMeError):
+    status, code, title = 401, "unauthorized", "Missing or unknown API key"
+
+
+class Forbidden(CallMeError):
+    status, code, title = 403, "forbidden", "The key's role does not allow this"
+
+
+class WrongToken(CallMeError):
+    status, code, title = 403, "wrong_token", "Wrong lease token"
+
+
+class NotFound(CallMeError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Busy(CallMeError):
+    status, code, title = 409, "busy", "No free slot"
+
+
+class Maintenance(CallMeError):
+    status, code, title = 409, "maintenance", "Environment in maintenance"
+
+
+class Conflict(CallMeError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class TicketGone(CallMeError):
+    status, code, title = 410, "ticket_gone", "Ticket gone"
+
+
+class LeaseGone(CallMeError):
+    status, code, title = 410, "lease_gone", "Lease gone"
+
+
+class TooLarge(CallMeError):
+    status, code, title = 413, "too_large", "Request body too large"
+
+
+class BadJSON(CallMeError):
+    status, code, title = 400, "invalid", "Body is not valid JSON"
+
+
+class Invalid(CallMeError):
+    status, code, title = 422, "invalid", "Invalid request"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+        self.field = field
+
+
+class Unavailable(CallMeError):
+    status, code, title = 503, "unavailable", "Store unavailable"
+
+
+class ConfigError(Exception):
+    """A setting or the configuration file is wrong; start-up stops with this one line."""

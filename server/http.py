@@ -1,0 +1,51 @@
+"""Request helpers shared by the routes: the app's parts, bounded body reading, query flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from .auth import Keyring
+from .constants import MAX_BODY_BYTES
+from .errors import Invalid, TooLarge
+from .service import Service
+from .settings import Settings
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    service: Service
+    keyring: Keyring
+
+
+def parts(request: Request) -> Parts:
+    found: Parts = request.app.state.parts
+    return found
+
+
+async def body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes the limit (never read whole first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"the body is {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise Invalid(name, f"must be true or false, got {raw!r}")

@@ -1,0 +1,102 @@
+"""The records the server keeps: environments, leases, tickets and audit events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSONObject = dict[str, Any]
+LeaseState = Literal["active", "released", "expired", "revoked"]
+TicketState = Literal["waiting", "granted", "left", "abandoned"]
+Role = Literal["read", "client", "admin"]
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    slots: int = 1
+    labels: tuple[str, ...] = ()
+    description: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    maintenance: bool = False
+    note: str | None = None
+    auto: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class Lease:
+    id: str
+    environment: str
+    token: str
+    holder: str
+    metadata: JSONObject
+    fence: int
+    ttl: int
+    acquired_at: float
+    expires_at: float
+    # When the lease was last granted or renewed: the start-up floor applies to leases touched before start-up.
+    touched_at: float
+    key_name: str
+    state: LeaseState = "active"
+    ended_at: float | None = None
+    ticket_id: str | None = None
+    seq: int | None = None
+    # Set while a grant made to a ticket between polls waits for its client to come back for it.
+    collect_by: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state == "active"
+
+
+@dataclass
+class Ticket:
+    id: str
+    seq: int
+    key_name: str
+    environment: str | None
+    label: str | None
+    holder: str
+    ttl: int
+    priority: int
+    metadata: JSONObject
+    enqueued_at: float
+    # The last moment the server was (or, for a held long-poll, will be) answering this ticket's client.
+    seen_at: float
+    request_id: str | None = None
+    state: TicketState = "waiting"
+    lease_id: str | None = None
+    ended_at: float | None = None
+
+    @property
+    def target(self) -> str:
+        return self.environment if self.environment is not None else f"label:{self.label}"
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    kind: str
+    environment: str | None
+    lease: str | None = None
+    seq: int | None = None
+    fence: int | None = None
+    holder: str | None = None
+    actor: str | None = None
+    detail: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's name (never the key), its role and its priority limit."""
+
+    name: str
+    role: Role
+    max_priority: int = 0
+
+    def allows(self, role: Role) -> bool:
+        order = ("read", "client", "admin")
+        return order.index(self.role) >= order.index(role)

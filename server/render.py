@@ -1,0 +1,161 @@
+"""How records become answers: JSON bodies, problem documents and shell-friendly text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from .errors import CallMeError
+from .model import Environment, Event, Lease
+from .service import EnvironmentView, Granted, Queued
+from .validation import property_variable
+
+
+def timestamp(t: float | None) -> str | None:
+    """RFC 3339 in UTC, to the millisecond."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def lease_json(lease: Lease, env: Environment | None, *, token: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": lease.id,
+        "environment": lease.environment,
+        "holder": lease.holder,
+        "metadata": lease.metadata,
+        "fence": lease.fence,
+        "acquired_at": timestamp(lease.acquired_at),
+        "expires_at": timestamp(lease.expires_at),
+        "ttl": lease.ttl,
+        "state": lease.state,
+        "ended_at": timestamp(lease.ended_at),
+        "seq": lease.seq,
+        "properties": env.properties if env is not None else {},
+    }
+    if token:
+        body["token"] = lease.token
+    return body
+
+
+def _envs(envs: list[Environment]) -> dict[str, Environment]:
+    return {e.name: e for e in envs}
+
+
+def holders_json(holders: list[Lease], envs: list[Environment]) -> list[dict[str, Any]]:
+    by_name = _envs(envs)
+    return [lease_json(lease, by_name.get(lease.environment)) for lease in holders]
+
+
+def queued_json(queued: Queued) -> dict[str, Any]:
+    ticket = queued.ticket
+    return {
+        "ticket": ticket.id,
+        "seq": ticket.seq,
+        "position": queued.position,
+        "environment": ticket.environment,
+        "label": ticket.label,
+        "waited": queued.waited,
+        "holders": holders_json(queued.group.holders(ticket), queued.group.envs),
+    }
+
+
+def environment_json(view: EnvironmentView) -> dict[str, Any]:
+    env = view.env
+    return {
+        "name": env.name,
+        "slots": env.slots,
+        "labels": list(env.labels),
+        "description": env.description,
+        "properties": env.properties,
+        "maintenance": env.maintenance,
+        "note": env.note,
+        "auto": env.auto,
+        "free": max(0, env.slots - len(view.leases)),
+        "leases": [lease_json(lease, env) for lease in view.leases],
+        "queue": [
+            {
+                "seq": t.seq,
+                "position": position,
+                "holder": t.holder,
+                "priority": t.priority,
+                "enqueued_at": timestamp(t.enqueued_at),
+                "environment": t.environment,
+                "label": t.label,
+            }
+            for t, position in view.queue
+        ],
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": timestamp(event.at),
+        "kind": event.kind,
+        "environment": event.environment,
+        "lease": event.lease,
+        "seq": event.seq,
+        "fence": event.fence,
+        "holder": event.holder,
+        "actor": event.actor,
+        "detail": event.detail,
+    }
+
+
+def problem(exc: CallMeError) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://call-me.dev/problems/{exc.code}",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "code": exc.code,
+    }
+    if "field" in exc.extra:
+        body["field"] = exc.extra["field"]
+    if "holders" in exc.extra:
+        body["holders"] = holders_json(exc.extra["holders"], exc.extra.get("envs", []))
+    return JSONResponse(body, status_code=exc.status, media_type="application/problem+json")
+
+
+def wants_text(request: Request) -> bool:
+    """True when text/plain is the only or the first media type the client accepts."""
+    first = request.headers.get("accept", "").split(",")[0]
+    return first.split(";")[0].strip().lower() == "text/plain"
+
+
+def _shell(value: object) -> str:
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+def _lines(pairs: list[tuple[str, object]]) -> str:
+    return "".join(f"{key}={_shell(value)}\n" for key, value in pairs)
+
+
+def granted_response(request: Request, granted: Granted) -> Response:
+    lease, env = granted.lease, granted.environment
+    headers = {"Location": f"/v1/leases/{lease.id}"}
+    if wants_text(request):
+        pairs: list[tuple[str, object]] = [
+            ("CALL_ME_LEASE_ID", lease.id),
+            ("CALL_ME_LEASE_TOKEN", lease.token),
+            ("CALL_ME_ENVIRONMENT", lease.environment),
+            ("CALL_ME_FENCE", lease.fence),
+            ("CALL_ME_EXPIRES_AT", timestamp(lease.expires_at)),
+        ]
+        pairs += [(property_variable(k), v) for k, v in sorted(env.properties.items())]
+        return PlainTextResponse(_lines(pairs), status_code=201, headers=headers)
+    return JSONResponse(lease_json(lease, env, token=True), status_code=201, headers=headers)
+
+
+def queued_response(request: Request, queued: Queued) -> Response:
+    if wants_text(request):
+        pairs: list[tuple[str, object]] = [
+            ("CALL_ME_TICKET", queued.ticket.id),
+            ("CALL_ME_POSITION", queued.position),
+        ]
+        return PlainTextResponse(_lines(pairs), status_code=202)
+    return JSONResponse(queued_json(queued), status_code=202)

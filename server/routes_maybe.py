@@ -1,0 +1,42 @@
+"""The original call-me routes, `/maybe?environment=NAME`, answering exactly as the original did."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .constants import NAME_PATTERN
+from .errors import CallMeError, Forbidden, NotFound, Unauthorized
+from .http import parts
+from .model import Role
+
+_ROLES: dict[str, Role] = {"GET": "read", "POST": "client", "DELETE": "client"}
+
+
+async def maybe(request: Request) -> Response:
+    p = parts(request)
+    try:
+        principal = p.keyring.require(request.headers, _ROLES[request.method])
+    except (Unauthorized, Forbidden):
+        return Response(status_code=401)
+    name = request.query_params.get("environment", "")
+    if not NAME_PATTERN.fullmatch(name):
+        return Response(status_code=400)
+    try:
+        if request.method == "GET":
+            free = await p.service.maybe_check(principal, name)
+            return Response(status_code=200 if free else 403)
+        if request.method == "POST":
+            await p.service.maybe_acquire(principal, name)
+            return Response(status_code=201)
+        await p.service.maybe_release(principal, name)
+        return Response(status_code=204)
+    except NotFound:
+        return Response(status_code=404)
+    except CallMeError as exc:
+        # busy and maintenance are the original's 403; anything else keeps its status, still bodiless.
+        return Response(status_code=403 if exc.status == 409 else exc.status)
+
+
+routes = [Route("/maybe", maybe, methods=["GET", "POST", "DELETE"])]

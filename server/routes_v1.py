@@ -1,0 +1,119 @@
+"""The v1 routes of API.md: parse and check the request, call the service, render the answer."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import render, validation
+from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
+from .errors import Invalid
+from .http import body, flag, parts
+from .service import Granted
+
+
+async def acquire(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "client")
+    req = validation.acquire(validation.parse_object(await body(request)), p.settings.max_ttl)
+    outcome = await p.service.acquire(principal, req)
+    if isinstance(outcome, Granted):
+        return render.granted_response(request, outcome)
+    return render.queued_response(request, outcome)
+
+
+async def get_lease(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "read")
+    found = await p.service.lease(request.path_params["lease"])
+    return JSONResponse(render.lease_json(found.lease, found.environment))
+
+
+async def renew(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "client")
+    ttl, body_token = validation.renew_ttl(
+        validation.parse_object(await body(request), empty_ok=True), p.settings.max_ttl
+    )
+    token = request.headers.get("x-lease-token") or body_token
+    renewed = await p.service.renew(request.path_params["lease"], token, ttl)
+    return JSONResponse(render.lease_json(renewed.lease, renewed.environment))
+
+
+async def release(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "client")
+    force = flag(request, "force")
+    await p.service.release(principal, request.path_params["lease"], request.headers.get("x-lease-token"), force=force)
+    return Response(status_code=204)
+
+
+async def leave(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "client")
+    await p.service.leave(principal, request.path_params["ticket"])
+    return Response(status_code=204)
+
+
+async def list_environments(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "read")
+    views = await p.service.environments()
+    return JSONResponse({"environments": [render.environment_json(v) for v in views]})
+
+
+async def get_environment(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "read")
+    name = validation.name("name", request.path_params["name"])
+    views = await p.service.environments(name)
+    return JSONResponse(render.environment_json(views[0]))
+
+
+async def put_environment(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "admin")
+    name = validation.name("name", request.path_params["name"])
+    change = validation.environment_change(validation.parse_object(await body(request)))
+    _, created = await p.service.put_environment(principal, name, change)
+    views = await p.service.environments(name)
+    return JSONResponse(render.environment_json(views[0]), status_code=201 if created else 200)
+
+
+async def delete_environment(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "admin")
+    name = validation.name("name", request.path_params["name"])
+    await p.service.delete_environment(principal, name, force=flag(request, "force"))
+    return Response(status_code=204)
+
+
+async def history(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "read")
+    environment = request.query_params.get("environment") or None
+    if environment is not None:
+        validation.name("environment", environment)
+    raw_limit = request.query_params.get("limit")
+    limit = DEFAULT_HISTORY_LIMIT
+    if raw_limit is not None:
+        if not raw_limit.isdigit():
+            raise Invalid("limit", f"must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
+        limit = validation.integer("limit", int(raw_limit), 1, MAX_HISTORY_LIMIT)
+    events = await p.service.history(environment, limit)
+    return JSONResponse({"events": [render.event_json(e) for e in events]})
+
+
+routes = [
+    Route("/v1/leases", acquire, methods=["POST"]),
+    Route("/v1/leases/{lease}", get_lease, methods=["GET"]),
+    Route("/v1/leases/{lease}", release, methods=["DELETE"]),
+    Route("/v1/leases/{lease}/renew", renew, methods=["POST"]),
+    Route("/v1/tickets/{ticket}", leave, methods=["DELETE"]),
+    Route("/v1/environments", list_environments, methods=["GET"]),
+    Route("/v1/environments/{name}", get_environment, methods=["GET"]),
+    Route("/v1/environments/{name}", put_environment, methods=["PUT"]),
+    Route("/v1/environments/{name}", delete_environment, methods=["DELETE"]),
+    Route("/v1/history", history, methods=["GET"]),
+]

@@ -1,0 +1,212 @@
+"""Settings, read once at start-up from the environment and the optional TOML file into frozen objects."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import validation
+from .constants import (
+    ADMIN_KEY_NAME,
+    DEFAULT_DATABASE,
+    DEFAULT_HOST,
+    DEFAULT_MAX_TTL,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_MAYBE_TTL,
+    DEFAULT_PORT,
+    DEFAULT_TICKET_GRACE,
+    DEFAULT_TTL,
+    MAX_PRIORITY,
+    ROLES,
+)
+from .errors import ConfigError, Invalid
+from .model import Role
+from .validation import EnvironmentChange
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    name: str
+    role: Role
+    max_priority: int = 0
+    sha256: bytes = field(default=b"", repr=False)  # the digest only; the key itself is never kept
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    name: str
+    change: EnvironmentChange
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
+    database: str = DEFAULT_DATABASE
+    config_path: str | None = None
+    default_ttl: int = DEFAULT_TTL
+    max_ttl: int = DEFAULT_MAX_TTL
+    maybe_ttl: int = DEFAULT_MAYBE_TTL
+    max_wait: float = DEFAULT_MAX_WAIT
+    ticket_grace: float = DEFAULT_TICKET_GRACE
+    auto_create: bool = True
+    no_auth: bool = False
+    keys: tuple[KeyConfig, ...] = ()
+    environments: tuple[EnvironmentConfig, ...] = ()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be from {low} to {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be from {low:g} to {high:g}, got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _key(entry: Any, index: int) -> KeyConfig:
+    where = f"keys[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = set(entry) - {"name", "key", "key_sha256", "role", "max_priority"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown setting")
+    name = entry.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= 100:
+        raise ConfigError(f"{where}.name: expected a name of 1 to 100 characters")
+    role = entry.get("role", "client")
+    if role not in ROLES:
+        raise ConfigError(f"{where}.role: expected one of {', '.join(ROLES)}, got {role!r}")
+    max_priority = entry.get("max_priority", 0)
+    if isinstance(max_priority, bool) or not isinstance(max_priority, int) or abs(max_priority) > MAX_PRIORITY:
+        raise ConfigError(f"{where}.max_priority: expected a whole number up to {MAX_PRIORITY}")
+    key, key_sha256 = entry.get("key"), entry.get("key_sha256")
+    if (key is None) == (key_sha256 is None):
+        raise ConfigError(f"{where}: give exactly one of key and key_sha256 (for key {name!r})")
+    if key is not None:
+        if not isinstance(key, str) or len(key) < 8:
+            raise ConfigError(f"{where}.key: expected a string of at least 8 characters (for key {name!r})")
+        sha = digest(key)
+    else:
+        if not isinstance(key_sha256, str) or not _SHA256.fullmatch(key_sha256.lower()):
+            raise ConfigError(f"{where}.key_sha256: expected 64 hexadecimal digits (for key {name!r})")
+        sha = bytes.fromhex(key_sha256)
+    return KeyConfig(name=name, role=role, max_priority=max_priority, sha256=sha)
+
+
+def _environment(entry: Any, index: int) -> EnvironmentConfig:
+    where = f"environments[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    body = dict(entry)
+    try:
+        name = validation.name("name", body.pop("name", None))
+        return EnvironmentConfig(name=name, change=validation.environment_change(body))
+    except Invalid as exc:
+        raise ConfigError(f"{where}.{exc.detail}") from None
+
+
+def _config_file(path: str) -> tuple[tuple[KeyConfig, ...], tuple[EnvironmentConfig, ...]]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"CALL_ME_CONFIG: cannot read {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"CALL_ME_CONFIG: {path!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"keys", "environments"}
+    if unknown:
+        raise ConfigError(f"CALL_ME_CONFIG: unknown section {sorted(unknown)[0]!r} in {path!r}")
+    raw_keys, raw_envs = data.get("keys", []), data.get("environments", [])
+    if not isinstance(raw_keys, list) or not isinstance(raw_envs, list):
+        raise ConfigError(f"CALL_ME_CONFIG: keys and environments must be arrays of tables ([[keys]]) in {path!r}")
+    keys = tuple(_key(entry, i) for i, entry in enumerate(raw_keys))
+    envs = tuple(_environment(entry, i) for i, entry in enumerate(raw_envs))
+    names = [k.name for k in keys]
+    for i, key in enumerate(keys):
+        if key.name in names[:i] or key.name == ADMIN_KEY_NAME:
+            raise ConfigError(f"keys[{i}].name: {key.name!r} is used twice (or reserved for API_KEY)")
+        if key.sha256 in [k.sha256 for k in keys[:i]]:
+            raise ConfigError(f"keys[{i}]: key {key.name!r} has the same secret as another key")
+    env_names = [e.name for e in envs]
+    for i, env in enumerate(envs):
+        if env.name in env_names[:i]:
+            raise ConfigError(f"environments[{i}].name: {env.name!r} is declared twice")
+    return keys, envs
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings; raises ConfigError naming the first bad setting."""
+    env = os.environ if env is None else env
+    max_ttl = _int(env, "CALL_ME_MAX_TTL", DEFAULT_MAX_TTL, 1, 10 * 365 * 86400)
+    settings = Settings(
+        port=_int(env, "PORT", DEFAULT_PORT, 0, 65535),
+        host=env.get("CALL_ME_HOST") or DEFAULT_HOST,
+        database=env.get("CALL_ME_DATABASE") or DEFAULT_DATABASE,
+        config_path=env.get("CALL_ME_CONFIG") or None,
+        default_ttl=_int(env, "CALL_ME_DEFAULT_TTL", DEFAULT_TTL, 1, max_ttl),
+        max_ttl=max_ttl,
+        maybe_ttl=_int(env, "CALL_ME_MAYBE_TTL", DEFAULT_MAYBE_TTL, 1, 10 * 365 * 86400),
+        max_wait=_float(env, "CALL_ME_MAX_WAIT", DEFAULT_MAX_WAIT, 0, 3600),
+        ticket_grace=_float(env, "CALL_ME_TICKET_GRACE", DEFAULT_TICKET_GRACE, 0.1, 86400),
+        auto_create=_bool(env, "CALL_ME_AUTO_CREATE", True),
+        no_auth=_bool(env, "CALL_ME_NO_AUTH", False),
+    )
+    keys: tuple[KeyConfig, ...] = ()
+    envs: tuple[EnvironmentConfig, ...] = ()
+    if settings.config_path:
+        keys, envs = _config_file(settings.config_path)
+    api_key = env.get("API_KEY")
+    if api_key is not None and api_key != "":
+        admin = KeyConfig(name=ADMIN_KEY_NAME, role="admin", max_priority=MAX_PRIORITY, sha256=digest(api_key))
+        if admin.sha256 in [k.sha256 for k in keys]:
+            raise ConfigError("API_KEY: the same secret is also a key of CALL_ME_CONFIG")
+        keys = (admin, *keys)
+    if not keys and not settings.no_auth:
+        raise ConfigError(
+            "API_KEY: no key is configured; set API_KEY (or keys in CALL_ME_CONFIG), "
+            "or CALL_ME_NO_AUTH=true for a local trial without authentication"
+        )
+    if settings.database.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("CALL_ME_DATABASE: PostgreSQL is not supported by this version yet; use a SQLite file path")
+    return Settings(**{**settings.__dict__, "keys": keys, "environments": envs})

@@ -1,0 +1,98 @@
+"""The store interface: the service runs each operation as one function inside one transaction.
+
+An operation is a plain function of a `Tx`; `Store.transact` runs it atomically (all of its writes are
+durable before `transact` returns, or none happened) and serialises it against every other operation
+that may touch the same environments. Keeping operations as functions lets a backend run several in one
+commit later (group commit) without the service knowing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from ..model import Environment, Event, Lease, Ticket
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be reached or failed; answered as 503 `unavailable`."""
+
+
+class StoreLocked(StoreError):
+    """Another server process uses the same SQLite database file."""
+
+
+class Tx(Protocol):
+    """What an operation may do inside its transaction. Synchronous: it runs on the store's worker."""
+
+    def now(self) -> float: ...
+
+    def environments(self) -> list[Environment]: ...
+    def environment(self, name: str) -> Environment | None: ...
+    def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        """The named environments, those carrying `labels`, and all that share labels with them."""
+        ...
+
+    def save_environment(self, env: Environment) -> None: ...
+    def delete_environment(self, name: str) -> None: ...
+
+    def lease(self, lease_id: str) -> Lease | None: ...
+    def live_leases(self, environments: Sequence[str]) -> list[Lease]: ...
+    def oldest_live_lease(self, environment: str, key_name: str | None) -> Lease | None: ...
+    def insert_lease(self, lease: Lease) -> None: ...
+    def update_lease(self, lease: Lease) -> None: ...
+
+    def ticket(self, ticket_id: str) -> Ticket | None: ...
+    def ticket_by_request(self, key_name: str, request_id: str) -> Ticket | None: ...
+    def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]: ...
+    def insert_ticket(self, ticket: Ticket) -> None: ...
+    def update_ticket(self, ticket: Ticket) -> None: ...
+
+    def next_fence(self) -> int: ...
+    def next_seq(self) -> int: ...
+
+    def add_event(self, event: Event) -> None: ...
+    def events(self, environment: str | None, limit: int) -> list[Event]: ...
+
+    def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
+        """Environments and labels with a lease or ticket past its own deadline (before any floor)."""
+        ...
+
+    def prune(self, before: float) -> None:
+        """Forget ended tickets older than `before` (their request_ids with them)."""
+        ...
+
+
+class Store(Protocol):
+    started_at: float
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def transact(self, fn: Callable[[Tx], T]) -> T: ...
+    async def ping(self) -> bool: ...
+
+
+def connected(start: Iterable[str], labels: Iterable[str], envs: Mapping[str, Environment]) -> list[str]:
+    """Names of the environments reachable from `start` and `labels` through shared labels, sorted.
+
+    A decision about any of them may depend on the tickets of the others, so they are decided together
+    (and a store that locks rows locks exactly these, in this order).
+    """
+    by_label: dict[str, list[str]] = {}
+    for env in envs.values():
+        for label in env.labels:
+            by_label.setdefault(label, []).append(env.name)
+    todo = [name for name in start if name in envs]
+    for label in labels:
+        todo.extend(by_label.get(label, ()))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for label in envs[name].labels:
+            todo.extend(by_label[label])
+    return sorted(seen)

@@ -1,0 +1,426 @@
+"""The embedded store: one SQLite file, one writer.
+
+How it stays atomic: every operation runs on a single worker thread inside `BEGIN IMMEDIATE ... COMMIT`,
+so operations are serialised and each sees the state the previous one committed. WAL with
+`synchronous=FULL` makes every commit durable before `transact` returns, hence before any 2xx is sent.
+An exclusive `flock` on `<file>.lock` keeps a second server process off the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from ..clock import Clock
+from ..constants import SCHEMA_VERSION
+from ..model import Environment, Event, Lease, Ticket
+from .base import StoreError, StoreLocked, connected
+
+T = TypeVar("T")
+
+# Each entry migrates the schema from version N (its index) to N + 1; applied in order at start-up.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters VALUES ('fence', 0), ('seq', 0);
+    CREATE TABLE environments (
+        name TEXT PRIMARY KEY, slots INTEGER NOT NULL, labels TEXT NOT NULL, description TEXT NOT NULL,
+        properties TEXT NOT NULL, maintenance INTEGER NOT NULL, note TEXT, auto INTEGER NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE TABLE leases (
+        id TEXT PRIMARY KEY, environment TEXT NOT NULL, token TEXT NOT NULL, holder TEXT NOT NULL,
+        metadata TEXT NOT NULL, fence INTEGER NOT NULL UNIQUE, ttl INTEGER NOT NULL,
+        acquired_at REAL NOT NULL, expires_at REAL NOT NULL, touched_at REAL NOT NULL,
+        key_name TEXT NOT NULL, state TEXT NOT NULL, ended_at REAL, ticket_id TEXT, seq INTEGER,
+        collect_by REAL
+    );
+    CREATE INDEX leases_live ON leases (environment, acquired_at) WHERE state = 'active';
+    CREATE TABLE tickets (
+        id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, key_name TEXT NOT NULL, environment TEXT,
+        label TEXT, holder TEXT NOT NULL, ttl INTEGER NOT NULL, priority INTEGER NOT NULL,
+        metadata TEXT NOT NULL, enqueued_at REAL NOT NULL, seen_at REAL NOT NULL, request_id TEXT,
+        state TEXT NOT NULL, lease_id TEXT, ended_at REAL
+    );
+    CREATE UNIQUE INDEX tickets_request ON tickets (key_name, request_id) WHERE request_id IS NOT NULL;
+    CREATE INDEX tickets_waiting ON tickets (seen_at) WHERE state = 'waiting';
+    CREATE INDEX tickets_ended ON tickets (ended_at) WHERE ended_at IS NOT NULL;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, environment TEXT,
+        lease TEXT, seq INTEGER, fence INTEGER, holder TEXT, actor TEXT, detail TEXT
+    );
+    CREATE INDEX events_environment ON events (environment, id);
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_LEASE_COLUMNS = (
+    "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
+    "key_name, state, ended_at, ticket_id, seq, collect_by"
+)
+_TICKET_COLUMNS = (
+    "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
+    "request_id, state, lease_id, ended_at"
+)
+_ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
+
+
+def _env(row: sqlite3.Row) -> Environment:
+    return Environment(
+        name=row["name"],
+        slots=row["slots"],
+        labels=tuple(json.loads(row["labels"])),
+        description=row["description"],
+        properties=json.loads(row["properties"]),
+        maintenance=bool(row["maintenance"]),
+        note=row["note"],
+        auto=bool(row["auto"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _lease(row: sqlite3.Row) -> Lease:
+    values = dict(row)
+    values["metadata"] = json.loads(values["metadata"])
+    return Lease(**values)
+
+
+def _ticket(row: sqlite3.Row) -> Ticket:
+    values = dict(row)
+    values["metadata"] = json.loads(values["metadata"])
+    return Ticket(**values)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class SQLiteTx:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def environments(self) -> list[Environment]:
+        return [_env(r) for r in self._all(f"SELECT {_ENV_COLUMNS} FROM environments ORDER BY name")]
+
+    def environment(self, name: str) -> Environment | None:
+        row = self._one(f"SELECT {_ENV_COLUMNS} FROM environments WHERE name = ?", (name,))
+        return _env(row) if row else None
+
+    def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        # The whole database is locked by BEGIN IMMEDIATE; the group only bounds what is decided.
+        envs = {e.name: e for e in self.environments()}
+        return [envs[name] for name in connected(names, labels, envs)]
+
+    def save_environment(self, env: Environment) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO environments ({_ENV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                env.name,
+                env.slots,
+                _dump(list(env.labels)),
+                env.description,
+                _dump(env.properties),
+                int(env.maintenance),
+                env.note,
+                int(env.auto),
+                env.created_at,
+                env.updated_at,
+            ),
+        )
+
+    def delete_environment(self, name: str) -> None:
+        self._conn.execute("DELETE FROM environments WHERE name = ?", (name,))
+
+    def lease(self, lease_id: str) -> Lease | None:
+        row = self._one(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = ?", (lease_id,))
+        return _lease(row) if row else None
+
+    def live_leases(self, environments: Sequence[str]) -> list[Lease]:
+        marks = ",".join("?" * len(environments))
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment IN ({marks})"
+        return [_lease(r) for r in self._all(sql + " ORDER BY acquired_at, fence", environments)]
+
+    def oldest_live_lease(self, environment: str, key_name: str | None) -> Lease | None:
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ?"
+        params: list[Any] = [environment]
+        if key_name is not None:
+            sql += " AND key_name = ?"
+            params.append(key_name)
+        row = self._one(sql + " ORDER BY acquired_at, fence LIMIT 1", params)
+        return _lease(row) if row else None
+
+    def _lease_values(self, lease: Lease) -> tuple[Any, ...]:
+        return (
+            lease.id,
+            lease.environment,
+            lease.token,
+            lease.holder,
+            _dump(lease.metadata),
+            lease.fence,
+            lease.ttl,
+            lease.acquired_at,
+            lease.expires_at,
+            lease.touched_at,
+            lease.key_name,
+            lease.state,
+            lease.ended_at,
+            lease.ticket_id,
+            lease.seq,
+            lease.collect_by,
+        )
+
+    def insert_lease(self, lease: Lease) -> None:
+        marks = ",".join("?" * 16)
+        self._conn.execute(f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ({marks})", self._lease_values(lease))
+
+    def update_lease(self, lease: Lease) -> None:
+        self._conn.execute(
+            "UPDATE leases SET expires_at = ?, touched_at = ?, ttl = ?, state = ?, ended_at = ?, "
+            "collect_by = ? WHERE id = ?",
+            (
+                lease.expires_at,
+                lease.touched_at,
+                lease.ttl,
+                lease.state,
+                lease.ended_at,
+                lease.collect_by,
+                lease.id,
+            ),
+        )
+
+    def ticket(self, ticket_id: str) -> Ticket | None:
+        row = self._one(f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,))
+        return _ticket(row) if row else None
+
+    def ticket_by_request(self, key_name: str, request_id: str) -> Ticket | None:
+        row = self._one(
+            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE key_name = ? AND request_id = ?",
+            (key_name, request_id),
+        )
+        return _ticket(row) if row else None
+
+    def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]:
+        envs = ",".join("?" * len(environments))
+        labs = ",".join("?" * len(labels))
+        sql = (
+            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
+            f"AND (environment IN ({envs}) OR label IN ({labs})) ORDER BY seq"
+        )
+        return [_ticket(r) for r in self._all(sql, [*environments, *labels])]
+
+    def insert_ticket(self, ticket: Ticket) -> None:
+        self._conn.execute(
+            f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                ticket.id,
+                ticket.seq,
+                ticket.key_name,
+                ticket.environment,
+                ticket.label,
+                ticket.holder,
+                ticket.ttl,
+                ticket.priority,
+                _dump(ticket.metadata),
+                ticket.enqueued_at,
+                ticket.seen_at,
+                ticket.request_id,
+                ticket.state,
+                ticket.lease_id,
+                ticket.ended_at,
+            ),
+        )
+
+    def update_ticket(self, ticket: Ticket) -> None:
+        self._conn.execute(
+            "UPDATE tickets SET seen_at = ?, state = ?, lease_id = ?, ended_at = ? WHERE id = ?",
+            (ticket.seen_at, ticket.state, ticket.lease_id, ticket.ended_at, ticket.id),
+        )
+
+    def _bump(self, name: str) -> int:
+        row = self._one("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value", (name,))
+        assert row is not None
+        return int(row[0])
+
+    def next_fence(self) -> int:
+        return self._bump("fence")
+
+    def next_seq(self) -> int:
+        return self._bump("seq")
+
+    def add_event(self, event: Event) -> None:
+        self._conn.execute(
+            "INSERT INTO events (at, kind, environment, lease, seq, fence, holder, actor, detail) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                event.at,
+                event.kind,
+                event.environment,
+                event.lease,
+                event.seq,
+                event.fence,
+                event.holder,
+                event.actor,
+                event.detail,
+            ),
+        )
+
+    def events(self, environment: str | None, limit: int) -> list[Event]:
+        columns = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
+        if environment is None:
+            rows = self._all(f"SELECT {columns} FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._all(
+                f"SELECT {columns} FROM events WHERE environment = ? ORDER BY id DESC LIMIT ?",
+                (environment, limit),
+            )
+        return [Event(**dict(r)) for r in rows]
+
+    def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
+        envs = self._all(
+            "SELECT DISTINCT environment FROM leases WHERE state = 'active' AND (expires_at <= ? OR collect_by <= ?)",
+            (now, now),
+        )
+        tickets = self._all(
+            "SELECT DISTINCT environment, label FROM tickets WHERE state = 'waiting' AND seen_at <= ?",
+            (now - grace,),
+        )
+        names = {r[0] for r in envs} | {r[0] for r in tickets if r[0] is not None}
+        labels = {r[1] for r in tickets if r[1] is not None}
+        return sorted(names), sorted(labels)
+
+    def prune(self, before: float) -> None:
+        self._conn.execute("DELETE FROM tickets WHERE ended_at IS NOT NULL AND ended_at < ?", (before,))
+
+
+class SQLiteStore:
+    """The embedded default store; see the module docstring for how it stays atomic and durable."""
+
+    def __init__(self, path: str, clock: Clock) -> None:
+        self.path = path
+        self.clock = clock
+        self.started_at = clock.now()
+        self._conn: sqlite3.Connection | None = None
+        self._lock_file: IO[str] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callme-sqlite")
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+
+    def _open(self) -> None:
+        path = Path(self.path)
+        if path.parent and not path.parent.exists():
+            raise StoreError(f"database folder {str(path.parent)!r} does not exist; create it or set CALL_ME_DATABASE")
+        lock_path = f"{self.path}.lock"
+        lock_file = open(lock_path, "a+")  # noqa: SIM115 - held open for the life of the store
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            raise StoreLocked(
+                f"database {self.path!r} is in use by another call-me-server process (pid {holder}); "
+                "SQLite serves one process: stop the other one, or use PostgreSQL for several replicas"
+            ) from None
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        self._lock_file = lock_file
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._conn = conn
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            self._release_lock()
+            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.path!r} has schema version {version}, newer than this server's "
+                    f"{SCHEMA_VERSION}; upgrade call-me"
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._release_lock()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, _close)
+        self._executor.shutdown(wait=True)
+
+    def _run(self, fn: Callable[[SQLiteTx], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the store is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot start a transaction: {exc}") from exc
+        try:
+            result = fn(SQLiteTx(conn, self.clock))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StoreError(f"database error: {exc}") from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def transact(self, fn: Callable[[SQLiteTx], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+
+    async def ping(self) -> bool:
+        try:
+            return await self.transact(lambda tx: tx.now() > 0)
+        except StoreError:
+            return False

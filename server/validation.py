@@ -1,0 +1,219 @@
+"""Checks of everything a client sends; each failure names the field and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .constants import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_HOLDER_LENGTH,
+    MAX_LABELS,
+    MAX_METADATA_BYTES,
+    MAX_NOTE_LENGTH,
+    MAX_PRIORITY,
+    MAX_PROPERTIES,
+    MAX_PROPERTY_VALUE_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_SLOTS,
+    MIN_PRIORITY,
+    NAME_PATTERN,
+)
+from .errors import BadJSON, Invalid
+from .model import JSONObject
+
+_PROPERTY_NAME = re.compile(r"[^A-Za-z0-9]")
+
+
+def parse_object(raw: bytes, *, empty_ok: bool = False) -> JSONObject:
+    if not raw.strip() and empty_ok:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadJSON("the body is not valid JSON; send a JSON object") from None
+    if not isinstance(value, dict):
+        raise Invalid("body", "expected a JSON object")
+    return value
+
+
+def reject_unknown(body: JSONObject, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(allowed))}")
+
+
+def name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise Invalid(
+            field,
+            "must be 1 to 63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        )
+    return value
+
+
+def integer(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(field, f"must be a whole number from {low} to {high}")
+    if not low <= value <= high:
+        raise Invalid(field, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def number(field: str, value: Any, low: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Invalid(field, "must be a number of seconds")
+    if value < low:
+        raise Invalid(field, f"must be at least {low:g}, got {value}")
+    return float(value)
+
+
+def boolean(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(field, "must be true or false")
+    return value
+
+
+def text(field: str, value: Any, max_length: int, *, min_length: int = 0) -> str:
+    if not isinstance(value, str):
+        raise Invalid(field, "must be a string")
+    if not min_length <= len(value) <= max_length:
+        raise Invalid(field, f"must be {min_length} to {max_length} characters long")
+    if "\x00" in value:
+        raise Invalid(field, "must not contain NUL characters")
+    return value
+
+
+def metadata(value: Any) -> JSONObject:
+    if not isinstance(value, dict):
+        raise Invalid("metadata", "must be a JSON object")
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        raise Invalid("metadata", f"is {size} bytes once encoded; at most {MAX_METADATA_BYTES} are allowed")
+    return value
+
+
+def labels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_LABELS:
+        raise Invalid("labels", f"must be a list of at most {MAX_LABELS} labels")
+    result = [name("labels", item) for item in value]
+    if len(set(result)) != len(result):
+        raise Invalid("labels", "lists a label twice")
+    return tuple(sorted(result))
+
+
+def property_variable(key: str) -> str:
+    """The shell variable a property becomes in text/plain answers (API.md)."""
+    return "CALL_ME_PROPERTY_" + _PROPERTY_NAME.sub("_", key.upper())
+
+
+def properties(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_PROPERTIES:
+        raise Invalid("properties", f"must be an object of at most {MAX_PROPERTIES} string values")
+    seen: dict[str, str] = {}
+    for key, item in value.items():
+        text("properties", key, 100, min_length=1)
+        text(f"properties.{key}", item, MAX_PROPERTY_VALUE_LENGTH)
+        variable = property_variable(key)
+        if variable in seen:
+            raise Invalid("properties", f"{seen[variable]!r} and {key!r} would both become {variable}")
+        seen[variable] = key
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class AcquireRequest:
+    environment: str | None
+    label: str | None
+    holder: str | None
+    ttl: int | None
+    wait: float
+    queue: bool
+    ticket: str | None
+    priority: int
+    metadata: JSONObject
+    request_id: str | None
+
+
+_ACQUIRE_FIELDS = frozenset(
+    {"environment", "label", "holder", "ttl", "wait", "queue", "ticket", "priority", "metadata", "request_id"}
+)
+
+
+def acquire(body: JSONObject, max_ttl: int) -> AcquireRequest:
+    reject_unknown(body, _ACQUIRE_FIELDS)
+    env = body.get("environment")
+    label = body.get("label")
+    if (env is None) == (label is None):
+        raise Invalid("environment", "give exactly one of environment and label")
+    wait = number("wait", body.get("wait", 0), 0)
+    queue = boolean("queue", body.get("queue", True))
+    if not queue and wait > 0:
+        raise Invalid("wait", "cannot wait with queue set to false")
+    ticket = body.get("ticket")
+    if ticket is not None:
+        text("ticket", ticket, 200, min_length=1)
+        if not queue:
+            raise Invalid("queue", "cannot be false when coming back with a ticket")
+    holder = body.get("holder")
+    ttl = body.get("ttl")
+    request_id = body.get("request_id")
+    return AcquireRequest(
+        environment=name("environment", env) if env is not None else None,
+        label=name("label", label) if label is not None else None,
+        holder=text("holder", holder, MAX_HOLDER_LENGTH, min_length=1) if holder is not None else None,
+        ttl=integer("ttl", ttl, 1, max_ttl) if ttl is not None else None,
+        wait=wait,
+        queue=queue,
+        ticket=ticket,
+        priority=integer("priority", body.get("priority", 0), MIN_PRIORITY, MAX_PRIORITY),
+        metadata=metadata(body.get("metadata", {})),
+        request_id=(
+            text("request_id", request_id, MAX_REQUEST_ID_LENGTH, min_length=1) if request_id is not None else None
+        ),
+    )
+
+
+def renew_ttl(body: JSONObject, max_ttl: int) -> tuple[int | None, str | None]:
+    reject_unknown(body, frozenset({"ttl", "token"}))
+    ttl = body.get("ttl")
+    token = body.get("token")
+    return (
+        integer("ttl", ttl, 1, max_ttl) if ttl is not None else None,
+        text("token", token, 200) if token is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class EnvironmentChange:
+    """The fields of a PUT; None means "leave as it is" (or the default, when creating)."""
+
+    slots: int | None = None
+    labels: tuple[str, ...] | None = None
+    description: str | None = None
+    properties: dict[str, str] | None = None
+    maintenance: bool | None = None
+    note: str | None = None
+    note_given: bool = False
+
+
+_ENVIRONMENT_FIELDS = frozenset({"slots", "labels", "description", "properties", "maintenance", "note"})
+
+
+def environment_change(body: JSONObject) -> EnvironmentChange:
+    reject_unknown(body, _ENVIRONMENT_FIELDS)
+    note = body.get("note")
+    return EnvironmentChange(
+        slots=integer("slots", body["slots"], 1, MAX_SLOTS) if "slots" in body else None,
+        labels=labels(body["labels"]) if "labels" in body else None,
+        description=(
+            text("description", body["description"], MAX_DESCRIPTION_LENGTH) if "description" in body else None
+        ),
+        properties=properties(body["properties"]) if "properties" in body else None,
+        maintenance=boolean("maintenance", body["maintenance"]) if "maintenance" in body else None,
+        note=text("note", note, MAX_NOTE_LENGTH) if note is not None else None,
+        note_given="note" in body,
+    )

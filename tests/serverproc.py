@@ -1,0 +1,116 @@
+"""Run the real `call-me-server` as a subprocess on a free 127.0.0.1 port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ADMIN_KEY = "admin-key-for-tests"
+CLIENT_KEY = "client-key-for-tests"
+READ_KEY = "read-key-for-tests"
+
+DEFAULT_CONFIG = f"""
+[[keys]]
+name = "ci"
+key = "{CLIENT_KEY}"
+role = "client"
+max_priority = 5
+
+[[keys]]
+name = "viewer"
+key = "{READ_KEY}"
+role = "read"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One server process; `start()` may be called again after `stop()`/`kill()` on the same database."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        config: str | None = DEFAULT_CONFIG,
+        port: int | None = None,
+        database: str | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = database or str(workdir / "call-me.db")
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "PORT": str(self.port),
+                "CALL_ME_HOST": "127.0.0.1",
+                "API_KEY": ADMIN_KEY,
+                "CALL_ME_DATABASE": self.database,
+            }
+        )
+        if config is not None:
+            config_path = workdir / "call-me.toml"
+            config_path.write_text(config)
+            self.env["CALL_ME_CONFIG"] = str(config_path)
+        self.env.update(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "callme.server.main"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def client(self, key: str = ADMIN_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-KEY": key}, timeout=40)
