@@ -17,7 +17,7 @@ from . import openapi, render, routes_maybe, routes_v1
 from .auth import Keyring
 from .clock import Clock
 from .constants import SWEEP_INTERVAL
-from .errors import CallMeError, Invalid, NotFound, Unavailable
+from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
 from .http import Parts, parts
 from .service import Service
 from .settings import Settings
@@ -51,14 +51,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return render.problem(NotFound(f"no route {request.url.path}; see /openapi.json"))
-    error = CallMeError(exc.detail or "")
-    error.status, error.code, error.title = exc.status_code, "invalid", exc.detail or "Error"
     if exc.status_code == 405:
-        error.detail = f"{request.method} is not allowed on {request.url.path}"
-    response = render.problem(error)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+        # Starlette names only the first matching route's methods; a path may have several routes.
+        matching = [r for r in request.app.routes if isinstance(r, Route) and r.path_regex.match(request.url.path)]
+        allowed = ", ".join(sorted({m for r in matching for m in r.methods or ()}))
+        response = render.problem(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; use {allowed}")
+        )
+        response.headers["Allow"] = allowed
+        return response
+    error = CallMeError(str(exc.detail))
+    error.status, error.title = exc.status_code, str(exc.detail)
+    return render.problem(error)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -117,6 +121,3 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             Exception: _unexpected,
         },
     )
-
-
-__all__ = ["Invalid", "create_app"]

@@ -5,6 +5,7 @@
     ├── Forbidden          403 forbidden
     ├── WrongToken         403 wrong_token
     ├── NotFound           404 not_found
+    ├── MethodNotAllowed   405 invalid
     ├── Busy               409 busy          (carries the holders)
     ├── Maintenance        409 maintenance
     ├── Conflict           409 conflict
@@ -48,6 +49,10 @@ class WrongToken(CallMeError):
 
 class NotFound(CallMeError):
     status, code, title = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(CallMeError):
+    status, code, title = 405, "invalid", "Method not allowed"
 
 
 class Busy(CallMeError):

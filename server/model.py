@@ -36,7 +36,7 @@ class Lease:
     ttl: int
     acquired_at: float
     expires_at: float
-    # When the lease was last granted or renewed: the start-up floor applies to leases touched before start-up.
+    # When the lease was last granted or renewed: the start-up floor applies to leases touched by then.
     touched_at: float
     key_name: str
     state: LeaseState = "active"

@@ -98,7 +98,7 @@ async def history(request: Request) -> Response:
     raw_limit = request.query_params.get("limit")
     limit = DEFAULT_HISTORY_LIMIT
     if raw_limit is not None:
-        if not raw_limit.isdigit():
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or len(raw_limit) > len(str(MAX_HISTORY_LIMIT)):
             raise Invalid("limit", f"must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
         limit = validation.integer("limit", int(raw_limit), 1, MAX_HISTORY_LIMIT)
     events = await p.service.history(environment, limit)

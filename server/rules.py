@@ -21,7 +21,7 @@ class Floor:
     grace: float
 
     def deadline(self, deadline: float, touched_at: float) -> float:
-        if touched_at < self.started_at:
+        if touched_at <= self.started_at:
             return max(deadline, self.started_at + self.grace)
         return deadline
 

@@ -154,7 +154,7 @@ class Service:
         lease = Lease(
             id=_new_lease_id(),
             environment=env,
-            token=secrets.token_urlsafe(24),
+            token="k_" + secrets.token_urlsafe(24),  # a prefix: never starts with "-", which CLIs take for a flag
             holder=ticket.holder,
             metadata=ticket.metadata,
             fence=tx.next_fence(),

@@ -33,8 +33,10 @@ def parse_object(raw: bytes, *, empty_ok: bool = False) -> JSONObject:
         return {}
     try:
         value = json.loads(raw)
+        # NaN, Infinity, 1e400 and lone surrogates parse, but could never be stored and sent back as JSON.
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
     except (ValueError, RecursionError):
-        raise BadJSON("the body is not valid JSON; send a JSON object") from None
+        raise BadJSON("the body is not valid JSON (or holds values JSON cannot carry); send a JSON object") from None
     if not isinstance(value, dict):
         raise Invalid("body", "expected a JSON object")
     return value

@@ -1,0 +1,112 @@
+"""Drive the real Service on a real SQLite file with a fake clock, synchronously, for rule-level tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from callme.server.clock import FakeClock
+from callme.server.model import Environment, Event, Lease, Principal, Ticket
+from callme.server.service import Granted, Queued, Service
+from callme.server.settings import Settings
+from callme.server.store.base import Tx
+from callme.server.store.sqlite import SQLiteStore
+from callme.server.validation import AcquireRequest, EnvironmentChange
+
+T = TypeVar("T")
+ADMIN = Principal("tester", "admin", 1000)
+
+
+def request(
+    environment: str | None = None,
+    label: str | None = None,
+    *,
+    ttl: int | None = 60,
+    priority: int = 0,
+    queue: bool = True,
+    ticket: str | None = None,
+    holder: str | None = None,
+    request_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> AcquireRequest:
+    return AcquireRequest(
+        environment=environment,
+        label=label,
+        holder=holder,
+        ttl=ttl,
+        wait=0.0,
+        queue=queue,
+        ticket=ticket,
+        priority=priority,
+        metadata=metadata or {},
+        request_id=request_id,
+    )
+
+
+class Harness:
+    def __init__(self, path: Path, *, grace: float = 10.0, settings: Settings | None = None) -> None:
+        self.path = str(path)
+        self.clock = FakeClock()
+        self.settings = settings or Settings(ticket_grace=grace, default_ttl=60, max_ttl=3600)
+        self.loop = asyncio.new_event_loop()
+        self.store: SQLiteStore | None = None
+        self.service: Service | None = None
+        self.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def start(self) -> None:
+        self.store = SQLiteStore(self.path, self.clock)
+        self.run(self.store.open())
+        self.service = Service(self.store, self.settings)
+
+    def stop(self) -> None:
+        assert self.store is not None
+        self.run(self.store.close())
+        self.store = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.stop()
+        self.loop.close()
+
+    @property
+    def svc(self) -> Service:
+        assert self.service is not None
+        return self.service
+
+    def read(self, fn: Callable[[Tx], T]) -> T:
+        assert self.store is not None
+        return self.run(self.store.transact(fn))
+
+    def acquire(self, req: AcquireRequest, principal: Principal = ADMIN) -> Granted | Queued:
+        return self.run(self.svc.acquire(principal, req))
+
+    def put(self, name: str, **change: Any) -> Environment:
+        env, _ = self.run(self.svc.put_environment(ADMIN, name, EnvironmentChange(**change)))
+        return env
+
+    def environments(self) -> list[Environment]:
+        return self.read(lambda tx: tx.environments())
+
+    def live_leases(self) -> list[Lease]:
+        return self.read(lambda tx: tx.live_leases([e.name for e in tx.environments()]))
+
+    def waiting(self) -> list[Ticket]:
+        def fn(tx: Tx) -> list[Ticket]:
+            envs = tx.environments()
+            labels = sorted({label for e in envs for label in e.labels})
+            return tx.waiting_tickets([e.name for e in envs], labels)
+
+        return self.read(fn)
+
+    def events(self, after: int = 0) -> list[Event]:
+        events = self.read(lambda tx: tx.events(None, 1_000_000))
+        return sorted((e for e in events if (e.id or 0) > after), key=lambda e: e.id or 0)
