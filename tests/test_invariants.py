@@ -60,7 +60,12 @@ class LockServer(RuleBasedStateMachine):
         except (TicketGone, LeaseGone):
             return None
 
-    @rule(goal=st.sampled_from(TARGETS), priority=st.sampled_from([0, 0, 1, -1]), ttl=st.integers(1, 30), queue=st.booleans())
+    @rule(
+        goal=st.sampled_from(TARGETS),
+        priority=st.sampled_from([0, 0, 1, -1]),
+        ttl=st.integers(1, 30),
+        queue=st.booleans(),
+    )
     def acquire(self, goal: tuple[str | None, str | None], priority: int, ttl: int, queue: bool) -> None:
         env, label = goal
         try:
