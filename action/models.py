@@ -1,0 +1,185 @@
+"""What the server answers, as frozen dataclasses parsed from API.md's JSON shapes.
+
+Parsing is strict about the fields the client relies on (a missing `id` is an error) and
+lenient about the rest, so a newer server that adds fields does not break an older client.
+Secrets (a lease's token, a ticket's id) are kept out of every repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+JSON = dict[str, Any]
+_T = TypeVar("_T")
+
+
+class MalformedAnswer(ValueError):
+    """An answer lacks a field the contract promises; the client turns it into UnexpectedResponse."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """One pipeline's hold on one slot; `token` is set only for the one who acquired it."""
+
+    id: str
+    environment: str
+    holder: str
+    fence: int
+    state: str
+    ttl: int
+    acquired_at: datetime | None
+    expires_at: datetime | None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    properties: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Lease:
+        return cls(
+            id=_required(data, "id", str),
+            environment=_required(data, "environment", str),
+            holder=str(data.get("holder") or ""),
+            fence=int(data.get("fence") or 0),
+            state=str(data.get("state") or "active"),
+            ttl=int(data.get("ttl") or 0),
+            acquired_at=parse_time(data.get("acquired_at")),
+            expires_at=parse_time(data.get("expires_at")),
+            metadata=dict(data.get("metadata") or {}),
+            properties={str(k): str(v) for k, v in (data.get("properties") or {}).items()},
+            token=data.get("token"),
+        )
+
+    def with_token(self, token: str | None) -> Lease:
+        return dataclasses.replace(self, token=token)
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    """A 202: not granted yet, still in the queue at `position` (1 = next)."""
+
+    seq: int
+    position: int
+    environment: str | None
+    label: str | None
+    waited: float
+    holders: tuple[Lease, ...]
+    ticket: str = dataclasses.field(repr=False, default="")
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Waiting:
+        return cls(
+            seq=int(data.get("seq") or 0),
+            position=int(data.get("position") or 0),
+            environment=data.get("environment"),
+            label=data.get("label"),
+            waited=float(data.get("waited") or 0.0),
+            holders=tuple(Lease.from_json(h) for h in data.get("holders") or ()),
+            ticket=_required(data, "ticket", str),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueEntry:
+    """A waiter as the environment view shows it (ticket ids are never shown)."""
+
+    seq: int
+    position: int
+    holder: str
+    priority: int
+    enqueued_at: datetime | None
+    environment: str | None
+    label: str | None
+
+    @classmethod
+    def from_json(cls, data: JSON) -> QueueEntry:
+        return cls(
+            seq=int(data.get("seq") or 0),
+            position=int(data.get("position") or 0),
+            holder=str(data.get("holder") or ""),
+            priority=int(data.get("priority") or 0),
+            enqueued_at=parse_time(data.get("enqueued_at")),
+            environment=data.get("environment"),
+            label=data.get("label"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    name: str
+    slots: int
+    free: int
+    labels: tuple[str, ...]
+    description: str
+    properties: Mapping[str, str]
+    maintenance: bool
+    note: str
+    auto: bool
+    leases: tuple[Lease, ...]
+    queue: tuple[QueueEntry, ...]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Environment:
+        return cls(
+            name=_required(data, "name", str),
+            slots=int(data.get("slots") or 0),
+            free=int(data.get("free") or 0),
+            labels=tuple(str(label) for label in data.get("labels") or ()),
+            description=str(data.get("description") or ""),
+            properties={str(k): str(v) for k, v in (data.get("properties") or {}).items()},
+            maintenance=bool(data.get("maintenance")),
+            note=str(data.get("note") or ""),
+            auto=bool(data.get("auto")),
+            leases=tuple(Lease.from_json(lease) for lease in data.get("leases") or ()),
+            queue=tuple(QueueEntry.from_json(entry) for entry in data.get("queue") or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One entry of the audit log."""
+
+    at: datetime | None
+    kind: str
+    environment: str | None
+    lease: str | None
+    seq: int | None
+    fence: int | None
+    holder: str | None
+    actor: str | None
+    detail: str | None
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Event:
+        return cls(
+            at=parse_time(data.get("at")),
+            kind=_required(data, "kind", str),
+            environment=data.get("environment"),
+            lease=data.get("lease"),
+            seq=data.get("seq"),
+            fence=data.get("fence"),
+            holder=data.get("holder"),
+            actor=data.get("actor"),
+            detail=None if data.get("detail") is None else str(data.get("detail")),
+        )
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time from the server, or None when absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"expected an RFC 3339 time, got {value!r}")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise MalformedAnswer(f"expected an RFC 3339 time, got {value!r}") from exc
+
+
+def _required(data: JSON, key: str, kind: type[_T]) -> _T:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise MalformedAnswer(f"the answer has no {kind.__name__} {key!r}")
+    return value

@@ -1,0 +1,291 @@
+"""The real `call-me` CLI as a subprocess against a real server, as a pipeline runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
+
+CLI = [sys.executable, "-m", "callme.action.cli"]
+WAITED = re.compile(r"^waited (\d+(\.\d+)?(ms|s)|(\d+h)?\d+m\d+(\.\d+)?s)$")
+BOUND = 15.0  # seconds any one step may take
+
+
+def cli_env(server: ServerProcess, state: Path, *, key: str = ADMIN_KEY) -> dict[str, str]:
+    """The original client's configuration: HOST as host:port, API_KEY."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALL_ME_")}
+    env.update({"HOST": server.url.removeprefix("http://"), "API_KEY": key, "CALL_ME_STATE_FILE": str(state)})
+    return env
+
+
+def call(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=BOUND)
+
+
+class Spawner:
+    """Starts CLI processes and, whatever the test did, kills and reaps them at its end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def __call__(self, args: list[str], env: dict[str, str], *, new_session: bool = False) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*CLI, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=new_session,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=BOUND)
+
+
+@pytest.fixture
+def start() -> Iterator[Spawner]:
+    spawner = Spawner()
+    try:
+        yield spawner
+    finally:
+        spawner.close()
+
+
+def until(predicate: Callable[[], bool], *, timeout: float = BOUND) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def live_leases(server: ServerProcess, name: str) -> list[dict[str, object]]:
+    with server.client() as http:
+        response = http.get(f"/v1/environments/{name}")
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    return list(response.json()["leases"])
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().rstrip("\n")
+
+
+def test_the_original_transcript(server: ServerProcess, tmp_path: Path, start: Spawner) -> None:
+    first = cli_env(server, tmp_path / "first.json")
+    second = cli_env(server, tmp_path / "second.json")
+
+    got = call(["request", "uat"], first)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    assert lines[0] == "acquired slot for environment: uat"
+    assert WAITED.match(lines[1]), lines[1]
+
+    waiter = start(["request", "uat"], second)
+    line = first_line(waiter)
+    assert line.startswith("waiting for free slot on environment: uat (position 1 in queue; held by admin since ")
+
+    freed = call(["release", "uat"], first)
+    assert freed.returncode == 0, freed.stderr
+    assert freed.stdout == "slot has been freed for environment: uat\n"
+
+    out, err = waiter.communicate(timeout=BOUND)
+    assert waiter.returncode == 0, err
+    rest = [line for line in out.splitlines() if not line.startswith("waiting for free slot")]
+    assert rest[0] == "acquired slot for environment: uat"
+    assert WAITED.match(rest[1]), rest[1]
+    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["admin"]
+
+    # Released by name on a machine that kept no state: the original's DELETE /maybe.
+    elsewhere = call(["release", "uat"], cli_env(server, tmp_path / "elsewhere.json"))
+    assert elsewhere.stdout == "slot has been freed for environment: uat\n"
+    assert live_leases(server, "uat") == []
+
+
+def test_the_console_script_alias_keeps_the_original_words(server: ServerProcess, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("call-me-client")
+    if not script.exists():
+        pytest.skip("console scripts are not installed next to this interpreter")
+    env = cli_env(server, tmp_path / "state.json")
+    got = subprocess.run([str(script), "request", "uat"], env=env, capture_output=True, text=True, timeout=BOUND)
+    assert got.stdout.startswith("acquired slot for environment: uat\nwaited ")
+    got = subprocess.run([str(script), "release", "uat"], env=env, capture_output=True, text=True, timeout=BOUND)
+    assert got.stdout == "slot has been freed for environment: uat\n"
+
+
+def test_run_passes_the_exit_code_exports_the_lease_and_releases(server: ServerProcess, tmp_path: Path) -> None:
+    env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
+    with server.client() as http:
+        http.put("/v1/environments/uat", json={"properties": {"base-url": "https://uat.example.com"}})
+    script = (
+        "import os, sys; "
+        "print(os.environ['CALL_ME_ENVIRONMENT'], os.environ['CALL_ME_FENCE'], "
+        "os.environ['CALL_ME_PROPERTY_BASE_URL'], 'CALL_ME_LEASE_TOKEN' in os.environ); "
+        "sys.exit(3)"
+    )
+    got = call(["run", "uat", "--", sys.executable, "-c", script], env)
+    assert got.returncode == 3, got.stderr
+    environment, fence, url, token_shown = got.stdout.split()
+    assert (environment, url, token_shown) == ("uat", "https://uat.example.com", "False")
+    assert int(fence) > 0
+    assert "acquired slot for environment: uat" in got.stderr
+    assert live_leases(server, "uat") == []
+
+
+def test_run_stopped_by_sigterm_passes_it_on_and_releases(
+    server: ServerProcess, tmp_path: Path, start: Spawner
+) -> None:
+    env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
+    marker = tmp_path / "started"
+    script = f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"
+    proc = start(["run", "uat", "--", sys.executable, "-c", script], env)
+    until(marker.exists)
+    assert len(live_leases(server, "uat")) == 1
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(BOUND)
+    assert proc.returncode == 128 + signal.SIGTERM  # the command died of the SIGTERM it was passed
+    assert live_leases(server, "uat") == []
+
+
+def test_run_killed_by_sigkill_leaves_a_lease_that_expires_by_its_ttl(
+    server: ServerProcess, tmp_path: Path, start: Spawner
+) -> None:
+    env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
+    marker = tmp_path / "started"
+    script = f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"
+    proc = start(["run", "uat", "--ttl", "2", "--", sys.executable, "-c", script], env, new_session=True)
+    until(marker.exists)
+    os.killpg(proc.pid, signal.SIGKILL)  # call-me and its command: nothing gets to clean up
+    proc.wait(BOUND)
+    assert len(live_leases(server, "uat")) == 1
+    until(lambda: live_leases(server, "uat") == [], timeout=8)
+
+
+def test_two_waiters_are_served_first_come_first_served(server: ServerProcess, tmp_path: Path, start: Spawner) -> None:
+    holder = cli_env(server, tmp_path / "holder.json")
+    assert call(["request", "uat"], holder).returncode == 0
+    first = start(["request", "uat", "--holder", "first"], cli_env(server, tmp_path / "a.json"))
+    assert "(position 1 in queue" in first_line(first)
+    second = start(["request", "uat", "--holder", "second"], cli_env(server, tmp_path / "b.json"))
+    assert "(position 2 in queue" in first_line(second)
+
+    call(["release", "uat"], holder)
+    first.wait(BOUND)
+    assert first.returncode == 0
+    assert second.poll() is None
+    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["first"]
+
+    call(["release", "uat"], cli_env(server, tmp_path / "a.json"))
+    second.wait(BOUND)
+    assert second.returncode == 0
+    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["second"]
+
+
+def test_no_wait_fails_fast_with_one_line(server: ServerProcess, tmp_path: Path) -> None:
+    assert call(["request", "uat"], cli_env(server, tmp_path / "a.json")).returncode == 0
+    got = call(["request", "uat", "--no-wait"], cli_env(server, tmp_path / "b.json"))
+    assert got.returncode == 3
+    assert got.stdout == ""
+    assert len(got.stderr.splitlines()) == 1
+    assert "busy" in got.stderr
+    assert "held by admin" in got.stderr
+    assert "Traceback" not in got.stderr
+
+
+def test_timeout_gives_up_and_leaves_the_queue(server: ServerProcess, tmp_path: Path) -> None:
+    assert call(["request", "uat"], cli_env(server, tmp_path / "a.json")).returncode == 0
+    got = call(["request", "uat", "--timeout", "1"], cli_env(server, tmp_path / "b.json"))
+    assert got.returncode == 4, got.stderr
+    with server.client() as http:
+        assert http.get("/v1/environments/uat").json()["queue"] == []
+
+
+def test_env_output_can_be_sourced_and_released_by_lease_and_token(server: ServerProcess, tmp_path: Path) -> None:
+    env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
+    got = call(["request", "uat", "--output", "env", "--ttl", "60"], env)
+    assert got.returncode == 0, got.stderr
+    shell = subprocess.run(
+        ["sh", "-c", 'eval "$0"; printf "%s %s\\n" "$CALL_ME_LEASE_ID" "$CALL_ME_LEASE_TOKEN"', got.stdout],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=True,
+    )
+    lease_id, token = shell.stdout.split()
+    assert [lease["id"] for lease in live_leases(server, "uat")] == [lease_id]
+    freed = call(
+        ["release", "--lease", lease_id, "--token", token], cli_env(server, tmp_path / "other.json", key=CLIENT_KEY)
+    )
+    assert freed.stdout == "slot has been freed for environment: uat\n", freed.stderr
+    assert live_leases(server, "uat") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "code", "words"),
+    [
+        (["status"], "not-a-key", 6, "unauthorized"),
+        (["env", "set", "uat", "--slots", "2"], CLIENT_KEY, 6, "forbidden"),
+        (["request", "bad name!", "--no-wait"], CLIENT_KEY, 2, "invalid"),
+        (["status", "nowhere"], CLIENT_KEY, 7, "not_found"),
+    ],
+)
+def test_errors_are_one_line_and_an_exit_code(
+    server: ServerProcess, tmp_path: Path, args: list[str], key: str, code: int, words: str
+) -> None:
+    got = call(args, cli_env(server, tmp_path / "state.json", key=key))
+    assert got.returncode == code, got.stderr
+    assert len(got.stderr.splitlines()) == 1, got.stderr
+    assert words in got.stderr
+    assert "Traceback" not in got.stderr
+    assert key not in got.stderr
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALL_ME_")}
+    env.update({"CALL_ME_URL": "http://127.0.0.1:9", "CALL_ME_API_KEY": "k", "CALL_ME_RETRY_FOR": "0.5"})
+    got = call(["--quiet", "status"], env)
+    assert got.returncode == 5
+    assert len(got.stderr.splitlines()) == 1, got.stderr
+    assert "could not connect to http://127.0.0.1:9" in got.stderr
+
+
+def test_status_and_admin_commands(server: ServerProcess, tmp_path: Path) -> None:
+    env = cli_env(server, tmp_path / "state.json")
+    got = call(["env", "set", "staging-1", "--slots", "2", "--label", "staging"], env)
+    assert got.stdout == "environment staging-1: 2 slots, labels staging, free\n", got.stderr
+    assert call(["env", "maintenance", "staging-1", "on", "--note", "db upgrade"], env).returncode == 0
+    table = call(["status"], env).stdout.splitlines()
+    assert table[0].split() == ["ENVIRONMENT", "SLOTS", "FREE", "LABELS", "WAITING", "STATE"]
+    assert table[1].split() == ["staging-1", "2", "2", "staging", "0", "maintenance:", "db", "upgrade"]
+    got = call(["request", "--label", "staging", "--no-wait"], env)
+    assert got.returncode == 3, got.stderr  # the only "staging" is in maintenance: 409 maintenance
+    assert call(["env", "maintenance", "staging-1", "off"], env).returncode == 0
+    got = call(["request", "--label", "staging"], env)
+    assert got.stdout.startswith("acquired slot for environment: staging-1\n"), got.stderr
+    assert call(["env", "delete", "staging-1"], env).returncode == 1  # conflict: someone holds it
+    assert call(["env", "delete", "staging-1", "--force"], env).stdout == "environment staging-1 deleted\n"
+    history = call(["history", "--limit", "50"], env)
+    assert "acquired" in history.stdout
+    assert "environment_deleted" in history.stdout
+
+
+def test_help_does_not_load_httpx() -> None:
+    code = "import sys; from callme.action import cli; cli.build_parser('call-me'); print('httpx' in sys.modules)"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND, check=True)
+    assert got.stdout.strip() == "False"
