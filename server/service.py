@@ -10,7 +10,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import rules
@@ -113,8 +113,7 @@ class Service:
         def body(tx: Tx) -> tuple[_Op, T]:
             op = _Op(now=tx.now())
             result = fn(tx, op)
-            for event in op.events:
-                tx.add_event(event)
+            op.events = [replace(event, id=tx.add_event(event)) for event in op.events]
             return op, result
 
         try:

@@ -267,8 +267,8 @@ class SQLiteTx:
     def next_seq(self) -> int:
         return self._bump("seq")
 
-    def add_event(self, event: Event) -> None:
-        self._conn.execute(
+    def add_event(self, event: Event) -> int:
+        cursor = self._conn.execute(
             "INSERT INTO events (at, kind, environment, lease, seq, fence, holder, actor, detail) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
             (
@@ -283,6 +283,8 @@ class SQLiteTx:
                 event.detail,
             ),
         )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     def events(self, environment: str | None, limit: int) -> list[Event]:
         columns = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
