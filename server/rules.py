@@ -83,6 +83,14 @@ def schedule(
     return grants
 
 
+def position(envs: Sequence[Environment], waiting: Sequence[Ticket], ticket: Ticket) -> int:
+    """One ticket's position: 1 + the fewest tickets ahead of it competing for one environment it could use."""
+    key = order_key(ticket)
+    ahead = [t for t in waiting if order_key(t) < key]
+    counts = [sum(1 for t in ahead if can_serve(e, t)) for e in envs if can_serve(e, ticket)]
+    return 1 + (min(counts) if counts else 0)
+
+
 def positions(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, int]:
     """Each waiting ticket's position: 1 + the fewest tickets ahead of it competing for one environment."""
     ordered = sorted(waiting, key=order_key)

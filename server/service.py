@@ -213,7 +213,7 @@ class Service:
         return Group(envs, live, waiting)
 
     def _queued(self, group: Group, ticket: Ticket) -> Queued:
-        return Queued(ticket=ticket, position=rules.positions(group.envs, group.waiting)[ticket.id], group=group)
+        return Queued(ticket=ticket, position=rules.position(group.envs, group.waiting, ticket), group=group)
 
     # -- acquire --------------------------------------------------------------------------------------
 

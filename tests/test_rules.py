@@ -50,6 +50,7 @@ def test_positions_count_the_fewest_competitors_for_one_environment() -> None:
     envs = [Environment("s1", labels=("staging",)), Environment("s2", labels=("staging",))]
     waiting = [ticket(1, "s1"), ticket(2, "s1"), ticket(3, label="staging"), ticket(4, "s2")]
     assert rules.positions(envs, waiting) == {"t1": 1, "t2": 2, "t3": 1, "t4": 2}
+    assert [rules.position(envs, waiting, t) for t in waiting] == [1, 2, 1, 2]
 
 
 def test_floor_holds_what_existed_before_start_up() -> None:
