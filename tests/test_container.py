@@ -7,6 +7,7 @@ under CI=true or CALL_ME_REQUIRE_PODMAN=1, where that is a failure: CI must run 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from .serverproc import ADMIN_KEY, free_port
+from .ghrunner import CONTAINER_FILE_COMMANDS, CONTAINER_WORKSPACE, FakeJob, StepFiles, load_action
+from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_DIR = ROOT / ".tools" / "podman"  # scripts/podman-setup writes env there when it succeeded
@@ -40,10 +42,13 @@ class Podman:
 
     env: dict[str, str] = field(repr=False)  # the host's environment: may hold secrets
 
-    def run(self, *args: str, timeout: float = PODMAN_TIMEOUT, check: bool = True) -> str:
+    def run(
+        self, *args: str, timeout: float = PODMAN_TIMEOUT, check: bool = True, env: dict[str, str] | None = None
+    ) -> str:
+        """`env` adds variables for podman itself, such as the values of `--env NAME` options."""
         proc = subprocess.run(
             ["podman", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -237,3 +242,65 @@ def test_server_target_runs_unprivileged(served_unprivileged: Container) -> None
     _check_maybe_round_trip(served_unprivileged.url)
     owner = served_unprivileged.exec("stat", "--format", "%u", "/data/call-me.db")
     assert owner == UNPRIVILEGED_UID
+
+
+def _run_action_step(podman: Podman, image: str, job: FakeJob, entrypoint: str, state: dict[str, str]) -> str:
+    """One step of the action as GitHub runs a Docker action: `docker run` with the runner's
+    mounts, each variable passed as `-e NAME` (its value in the client's own environment, which
+    keeps secrets off the command line; `-e "NAME=value"` works as well, hyphens and all)."""
+    env, _ = job.step_env(state=state)
+    home = job.root / "home"
+    home.mkdir(exist_ok=True)
+    env["HOME"] = "/github/home"
+    options = [option for name in env for option in ("-e", name)]
+    return podman.run(
+        "run",
+        "--rm",
+        "--network=host",
+        "--workdir",
+        CONTAINER_WORKSPACE,
+        "-v",
+        f"{job.workspace}:{CONTAINER_WORKSPACE}",
+        "-v",
+        f"{job.file_commands}:{CONTAINER_FILE_COMMANDS}",
+        "-v",
+        f"{home}:/github/home",
+        *options,
+        "--entrypoint",
+        entrypoint,
+        image,
+        env=env,
+    )
+
+
+def test_action_runs_in_the_image_as_github_runs_a_docker_action(podman: Podman, image: str, tmp_path: Path) -> None:
+    runs = load_action()["runs"]
+    server = ServerProcess(tmp_path)  # on the host; the container reaches it through --network=host
+    server.start()
+    try:
+        with server.client(ADMIN_KEY) as admin:
+            assert admin.put("/v1/environments/uat", json={"properties": {"url": "https://uat.example.com"}}).is_success
+            job = FakeJob(
+                tmp_path / "job", {"url": server.url, "api-key": CLIENT_KEY, "environment": "uat"}, in_container=True
+            )
+            main_out = _run_action_step(podman, image, job, runs["entrypoint"], state={})
+            main: StepFiles = job.steps[0]
+            outputs = main.outputs()
+            assert outputs["environment"] == "uat", main_out
+            assert json.loads(outputs["properties"]) == {"url": "https://uat.example.com"}
+            state = main.saved_state()
+            assert f"::add-mask::{state['lease_token']}" in main_out.splitlines()
+            assert "holding uat" in main.summary_text()
+            lease = admin.get(f"/v1/leases/{outputs['lease-id']}").json()
+            assert lease["state"] == "active"
+            assert lease["holder"] == job.holder
+
+            post_out = _run_action_step(podman, image, job, runs["post-entrypoint"], state=state)
+            assert "slot has been freed for environment: uat" in post_out
+            assert admin.get(f"/v1/leases/{outputs['lease-id']}").json()["state"] == "released"
+            kinds = [
+                event["kind"] for event in admin.get("/v1/history", params={"environment": "uat"}).json()["events"]
+            ]
+            assert kinds[:2] == ["released", "acquired"]
+    finally:
+        server.kill()

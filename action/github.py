@@ -1,0 +1,410 @@
+"""The GitHub Action's entry points (action.yml): `call-me-action-main` and `call-me-action-post`.
+
+The main step waits for a slot and holds it; the post step (`post-if: always()`) releases it,
+whatever the steps between did. A Docker action cannot run anything between its main and post
+steps, so nothing renews the lease: it is asked for `ttl` seconds (6 h by default, the longest
+a GitHub-hosted job runs), which only matters if the post step never runs (a runner that died).
+
+The main step saves its ticket to the state as soon as the server queues it, and the lease once
+granted: a job cancelled while waiting kills the main step, but its post step still runs, and
+leaves the queue with the saved ticket (leaving also releases a lease granted meanwhile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+from . import interrupt
+from .client import Client
+from .commands import exit_code
+from .config import Settings, resolve
+from .constants import REQUEST_DEFAULT_TTL, ExitCode
+from .errors import (
+    CallMeError,
+    ConfigError,
+    Forbidden,
+    Invalid,
+    LeaseGone,
+    NotFound,
+    NotGranted,
+    TooLarge,
+    TransportError,
+    Unauthorized,
+    WaitTimeout,
+)
+from .format import clock_time, go_duration, rfc3339
+from .interrupt import Terminated
+from .models import Lease, Waiting
+from .views import holders_text, waiting_line
+from .workflow import FileCommandError, Workflow
+
+__all__ = ["ActionInputs", "BadInput", "acquire_step", "main", "post", "read_inputs", "release_step"]
+
+# The names of what the main step saves for the post step (STATE_<name> there).
+STATE_URL = "url"
+STATE_TICKET = "ticket"
+STATE_LEASE_ID = "lease_id"
+STATE_LEASE_TOKEN = "lease_token"  # noqa: S105 - a state name, not a secret
+STATE_ENVIRONMENT = "environment"
+
+_TRUE = frozenset({"true", "True", "TRUE"})
+_FALSE = frozenset({"false", "False", "FALSE", ""})
+
+
+class BadInput(CallMeError):
+    """An input of the step cannot be used as given; the message names it and says what to give."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionInputs:
+    settings: Settings
+    environment: str | None
+    label: str | None
+    holder: str | None
+    ttl: int
+    timeout: float | None
+    priority: int | None
+    metadata: dict[str, Any]
+    wait: bool
+
+
+def read_inputs(workflow: Workflow) -> ActionInputs:
+    """The step's inputs, checked; BadInput names the first one that cannot be used."""
+    url = workflow.input("url")
+    if not url:
+        raise BadInput('input "url" is empty: give the call-me server\'s URL, such as ${{ secrets.CALL_ME_URL }}')
+    api_key = workflow.input("api-key")
+    if not api_key:
+        raise BadInput(
+            'input "api-key" is empty: give a key with the client role, such as ${{ secrets.CALL_ME_API_KEY }}'
+        )
+    environment = workflow.input("environment") or None
+    label = workflow.input("label") or None
+    if environment is None and label is None:
+        raise BadInput('neither input "environment" nor "label" is set: give the environment to hold, or a label')
+    if environment is not None and label is not None:
+        raise BadInput(f'inputs "environment" ({environment}) and "label" ({label}) are both set: give only one')
+    return ActionInputs(
+        settings=_settings(workflow, url, api_key),
+        environment=environment,
+        label=label,
+        holder=workflow.input("holder") or _default_holder(workflow),
+        ttl=_whole_number(workflow, "ttl", default=REQUEST_DEFAULT_TTL, least=1),
+        timeout=_seconds(workflow, "timeout"),
+        priority=_optional_int(workflow, "priority"),
+        metadata={**_run_metadata(workflow), **_metadata(workflow)},
+        wait=not _boolean(workflow, "no-wait"),
+    )
+
+
+def acquire_step(workflow: Workflow) -> int:
+    """The main step: wait for a slot, save it for the post step, set the outputs and the summary."""
+    try:
+        inputs = read_inputs(workflow)
+    except BadInput as exc:
+        workflow.error(str(exc))
+        return ExitCode.USAGE
+    workflow.mask(inputs.settings.api_key)
+    target = f"environment {inputs.environment}" if inputs.environment else f"any environment labelled {inputs.label}"
+    workflow.print(f"call-me: requesting {target} at {inputs.settings.url} for {inputs.holder or 'this key'}")
+    started = time.monotonic()
+    saved_ticket = ""
+
+    def on_wait(waiting: Waiting) -> None:
+        nonlocal saved_ticket
+        if waiting.ticket != saved_ticket:
+            workflow.mask(waiting.ticket)
+            workflow.save_state({STATE_URL: inputs.settings.url, STATE_TICKET: waiting.ticket})
+            saved_ticket = waiting.ticket
+        workflow.print(f"{waiting_line(waiting)}; waited {go_duration(time.monotonic() - started)}")
+
+    interrupt.install()
+    try:
+        with _client(inputs.settings) as client:
+            lease = client.acquire(
+                inputs.environment,
+                label=inputs.label,
+                ttl=inputs.ttl,
+                holder=inputs.holder,
+                priority=inputs.priority,
+                metadata=inputs.metadata,
+                wait=inputs.wait,
+                timeout=inputs.timeout,
+                on_wait=on_wait,
+            )
+    except CallMeError as exc:
+        workflow.error(_describe(exc))
+        return exit_code(exc)
+    except FileCommandError as exc:
+        workflow.error(f"could not save the place in the queue for the post step ({exc}); the queue was left")
+        return ExitCode.ERROR
+    except OSError as exc:
+        workflow.error(f"could not write a file of the runner ({exc}); the queue was left")
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        workflow.print("call-me: interrupted while waiting; left the queue")
+        return ExitCode.INTERRUPTED
+    except Terminated as exc:
+        workflow.print("call-me: cancelled while waiting; left the queue")
+        return 128 + exc.signum
+    waited = time.monotonic() - started
+    return _granted(workflow, inputs, lease, waited)
+
+
+def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease, waited: float) -> int:
+    token = lease.token or ""
+    try:
+        workflow.mask(token)
+        workflow.save_state(
+            {
+                STATE_URL: inputs.settings.url,
+                STATE_LEASE_ID: lease.id,
+                STATE_LEASE_TOKEN: token,
+                STATE_ENVIRONMENT: lease.environment,
+            }
+        )
+    except (FileCommandError, OSError) as exc:
+        # Without the state the post step cannot release: give the slot back now, fail the step.
+        workflow.error(f"could not save the lease for the post step ({exc}); releasing it again")
+        _release_now(workflow, inputs, lease)
+        return ExitCode.ERROR
+    except (KeyboardInterrupt, Terminated) as exc:
+        # Cancelled between the grant and saving it: the post step would not know the lease.
+        workflow.print("call-me: cancelled as the slot was granted; releasing it")
+        _release_now(workflow, inputs, lease)
+        return 128 + exc.signum if isinstance(exc, Terminated) else ExitCode.INTERRUPTED
+    workflow.set_outputs(
+        {
+            "environment": lease.environment,
+            "lease-id": lease.id,
+            "fence": str(lease.fence),
+            "waited": f"{waited:.3f}",
+            "expires-at": rfc3339(lease.expires_at),
+            "properties": json.dumps(dict(lease.properties), sort_keys=True, ensure_ascii=False),
+        }
+    )
+    workflow.print(f"acquired slot for environment: {lease.environment}")
+    workflow.print(
+        f"waited {go_duration(waited)}; fence {lease.fence}; lease {lease.id} until {clock_time(lease.expires_at)}"
+    )
+    with contextlib.suppress(OSError):  # The summary is a courtesy: the lease and outputs are what count.
+        workflow.add_summary(_summary(lease, waited))
+    return ExitCode.OK
+
+
+def _release_now(workflow: Workflow, inputs: ActionInputs, lease: Lease) -> None:
+    try:
+        with _client(inputs.settings) as client:
+            client.release(lease)
+    except CallMeError as exc:
+        workflow.warning(f"could not release lease {lease.id} on {lease.environment} ({exc}); it expires by its ttl")
+
+
+def _client(settings: Settings) -> Client:
+    return Client(settings.url, settings.api_key, retry_for=settings.retry_for)
+
+
+def release_step(workflow: Workflow) -> int:
+    """The post step: release the saved lease or leave the saved place; never fails the job."""
+    lease_id, token = workflow.state(STATE_LEASE_ID), workflow.state(STATE_LEASE_TOKEN)
+    ticket = workflow.state(STATE_TICKET)
+    if not (lease_id and token) and not ticket:
+        workflow.print("call-me: nothing to release (the main step neither held nor waited for a slot)")
+        return ExitCode.OK
+    workflow.mask(token)
+    workflow.mask(ticket)
+    url = workflow.state(STATE_URL) or workflow.input("url")
+    api_key = workflow.input("api-key")
+    environment = workflow.state(STATE_ENVIRONMENT) or "its environment"
+    if not url or not api_key:
+        workflow.warning(
+            'could not release: the post step got no "url" or "api-key" input; the lease expires by its ttl'
+        )
+        return ExitCode.OK
+    workflow.mask(api_key)
+    try:
+        settings = resolve(workflow.environ, url=url, api_key=api_key)
+        with _client(settings) as client:
+            if lease_id and token:
+                _release(workflow, client, lease_id, token, environment)
+            else:
+                client.leave(ticket)
+                workflow.print("call-me: left the queue (the main step did not get the slot)")
+    except CallMeError as exc:
+        what = f"release lease {lease_id} on {environment}" if lease_id else "leave the queue"
+        ends = "the lease expires by its ttl" if lease_id else "the server drops the place within its grace time"
+        workflow.warning(f"could not {what}: {exc}; {ends}")
+    return ExitCode.OK
+
+
+def _release(workflow: Workflow, client: Client, lease_id: str, token: str, environment: str) -> None:
+    try:
+        client.release(lease_id, token=token)
+    except LeaseGone:
+        workflow.warning(
+            f"lease {lease_id} on {environment} had already ended (expired or revoked) before the post step: "
+            "the environment may have been used by someone else meanwhile; give a longer ttl"
+        )
+        return
+    workflow.print(f"slot has been freed for environment: {environment}")
+    with contextlib.suppress(OSError):  # The summary is a courtesy: never fail the post step over it.
+        workflow.add_summary(f"Released `{environment}` (lease `{lease_id}`).\n")
+
+
+def main() -> NoReturn:
+    """`call-me-action-main`: action.yml's entrypoint."""
+    sys.exit(acquire_step(Workflow(os.environ)))
+
+
+def post() -> NoReturn:
+    """`call-me-action-post`: action.yml's post-entrypoint."""
+    sys.exit(release_step(Workflow(os.environ)))
+
+
+# Inputs.
+
+
+def _settings(workflow: Workflow, url: str, api_key: str) -> Settings:
+    # CALL_ME_RETRY_FOR (the step's `env:`) bounds how long an unreachable server is retried.
+    try:
+        return resolve(workflow.environ, url=url, api_key=api_key)
+    except ConfigError as exc:
+        raise BadInput(f"{exc.message}: give it as a number of seconds in the step's env, or leave it out") from None
+
+
+def _whole_number(workflow: Workflow, name: str, *, default: int, least: int) -> int:
+    raw = workflow.input(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f'input "{name}" is {raw!r}: give a whole number of seconds, such as {default}') from None
+    if value < least:
+        raise BadInput(f'input "{name}" is {raw!r}: give {least} or more (default {default})')
+    return value
+
+
+def _seconds(workflow: Workflow, name: str) -> float | None:
+    raw = workflow.input(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise BadInput(f'input "{name}" is {raw!r}: give a number of seconds, 0 or more, or leave it empty')
+    return value
+
+
+def _optional_int(workflow: Workflow, name: str) -> int | None:
+    raw = workflow.input(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadInput(f'input "{name}" is {raw!r}: give a whole number (higher is served first; default 0)') from None
+
+
+def _boolean(workflow: Workflow, name: str) -> bool:
+    raw = workflow.input(name)
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise BadInput(f'input "{name}" is {raw!r}: give true or false')
+
+
+def _metadata(workflow: Workflow) -> dict[str, Any]:
+    raw = workflow.input("metadata")
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise BadInput(
+            f'input "metadata" is not JSON ({exc}): give one JSON object, such as {{"ticket": "OPS-1"}}'
+        ) from None
+    if not isinstance(parsed, dict):
+        raise BadInput('input "metadata" is not a JSON object: give one, such as {"ticket": "OPS-1"}')
+    return parsed
+
+
+def _default_holder(workflow: Workflow) -> str | None:
+    repository, run_id, job = workflow.context("repository"), workflow.context("run_id"), workflow.context("job")
+    if not repository:
+        return None  # Not on a runner: the server names the key's owner.
+    holder = repository
+    if run_id:
+        holder += f"#{run_id}"
+    if job:
+        holder += f"/{job}"
+    return holder
+
+
+def _run_metadata(workflow: Workflow) -> dict[str, Any]:
+    server, repository, run_id = (
+        workflow.context("server_url"),
+        workflow.context("repository"),
+        workflow.context("run_id"),
+    )
+    metadata: dict[str, Any] = {}
+    if server and repository and run_id:
+        metadata["run_url"] = f"{server.rstrip('/')}/{repository}/actions/runs/{run_id}"
+    for key, variable in (("commit", "sha"), ("actor", "actor"), ("workflow", "workflow")):
+        if value := workflow.context(variable):
+            metadata[key] = value
+    return metadata
+
+
+# Messages.
+
+_HINTS: tuple[tuple[type[CallMeError], str], ...] = (
+    (WaitTimeout, 'give the "timeout" input more seconds, or leave it empty to wait as long as the job may run'),
+    (NotGranted, 'leave out "no-wait" to wait in the queue, or pick another environment'),
+    (Unauthorized, 'check the "api-key" input (the secret it comes from may be empty or out of date)'),
+    (Forbidden, 'give "api-key" a key with the client role (priority above the key\'s limit needs another key)'),
+    (NotFound, 'check the "environment" or "label" input against the server\'s environments'),
+    (TooLarge, 'send less "metadata"'),
+    (Invalid, 'fix the input the message names ("ttl", "priority", "holder", "metadata", "environment", "label")'),
+    (TransportError, 'check the "url" input and that the runner can reach the server'),
+)
+
+
+def _describe(error: CallMeError) -> str:
+    """One line: what happened, what it means, and what to change in the step."""
+    text = str(error)
+    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
+    if holders:
+        text += f"; {holders_text(holders)}"
+    hint = next((hint for kind, hint in _HINTS if isinstance(error, kind)), error.hint)
+    return f"{text}; {hint}" if hint else text
+
+
+def _summary(lease: Lease, waited: float) -> str:
+    rows = [
+        ("holder", lease.holder or "-"),
+        ("environment", lease.environment),
+        ("waited", go_duration(waited)),
+        ("fence", str(lease.fence)),
+        ("lease", lease.id),
+        ("until", f"{clock_time(lease.expires_at)} unless released (the post step releases it)"),
+    ]
+    rows.extend((f"property {name}", value) for name, value in sorted(lease.properties.items()))
+    lines = [f"### call-me: holding {_cell(lease.environment)}", "", "| | |", "|---|---|"]
+    lines.extend(f"| {_cell(key)} | {_cell(value)} |" for key, value in rows)
+    return "\n".join(lines) + "\n\n"
+
+
+def _cell(text: str) -> str:
+    """Plain text in a Markdown table cell: no markup, no HTML, no line breaks."""
+    escaped = "".join("\\" + char if char in "\\`*_[]|~>" else char for char in text)
+    return escaped.replace("<", "&lt;").replace("\r", " ").replace("\n", " ")
