@@ -59,7 +59,7 @@ def clock_time(moment: datetime | None, *, now: datetime | None = None) -> str:
 def rfc3339(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def shell_quote(value: str) -> str:

@@ -128,7 +128,7 @@ def test_env_lines_are_safe_to_source() -> None:
         "CALL_ME_FENCE",
         "CALL_ME_EXPIRES_AT",
     ]
-    assert variables["CALL_ME_EXPIRES_AT"] == "2024-06-01T14:03:05Z"
+    assert variables["CALL_ME_EXPIRES_AT"] == "2024-06-01T14:03:05.000Z"  # as the server writes times: milliseconds
     assert lease.expires_at == datetime(2024, 6, 1, 14, 3, 5, tzinfo=UTC)
 
 

@@ -1,0 +1,510 @@
+"""The GitLab template and component, run as GitLab users run them: real pipelines under
+gitlab-ci-local (shell executor) against a real call-me server on 127.0.0.1.
+
+Each pipeline runs in its own temporary git repository (gitlab-ci-local needs one) into which
+the include file or the component is copied. scripts/gitlab-setup installs gitlab-ci-local
+4.73.0 and rsync the first time (a session fixture calls it); where that cannot work these
+tests skip and say why, or fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GCL = ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
+VENV_BIN = Path(sys.executable).parent  # where pip put the `call-me` console script
+PIPELINE_TIMEOUT = 60.0  # seconds one gitlab-ci-local run may take
+# A script line (YAML-quoted) that prints what the job's script sees; the token must not be among it.
+SHOW = (
+    """'echo "seen: env=$CALL_ME_ENVIRONMENT fence=$CALL_ME_FENCE url=$CALL_ME_PROPERTY_URL"""
+    """ token=${CALL_ME_LEASE_TOKEN:-none}"'"""
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def gitlab_ci_local() -> Path:
+    try:
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "gitlab-setup")], capture_output=True, text=True, timeout=900, check=False
+        )
+    except subprocess.TimeoutExpired:
+        reason = "scripts/gitlab-setup took over 15 minutes"
+    else:
+        if result.returncode == 0:
+            return GCL
+        reason = (result.stderr or result.stdout).strip().splitlines()[-1]
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"gitlab-ci-local is not usable: {reason}")
+    pytest.skip(f"gitlab-ci-local is not usable: {reason}")
+
+
+@dataclass
+class Pipeline:
+    repo: Path
+    returncode: int
+    output: str
+
+
+class Project:
+    """A temporary git checkout with a .gitlab-ci.yml, run with gitlab-ci-local."""
+
+    def __init__(self, gcl: Path, root: Path, name: str, server_url: str, *, component: bool = False) -> None:
+        self.gcl = gcl
+        self.repo = root / name
+        self.repo.mkdir(parents=True)
+        self.server_url = server_url
+        self.home = root / f"{name}-home"
+        self.home.mkdir()
+        self.procs: list[subprocess.Popen[str]] = []
+        self._git("init", "-q", "-b", "main")
+        self._git("config", "user.name", "t")
+        self._git("config", "user.email", "t@example.com")
+        self._git("remote", "add", "origin", f"git@gitlab.example.com:org/{name}.git")
+        if component:
+            (self.repo / "templates").mkdir()
+            shutil.copy(ROOT / "templates" / "call-me.yml", self.repo / "templates" / "call-me.yml")
+        else:
+            (self.repo / "ci").mkdir()
+            shutil.copy(ROOT / "gitlab-template" / "call-me.gitlab-ci.yml", self.repo / "ci" / "call-me.gitlab-ci.yml")
+        self._git("add", "-A")
+        self._git("commit", "-q", "-m", "call-me")
+        # gitlab-ci-local reads a component of this project when its ref is HEAD's commit.
+        self.component_ref = f"gitlab.example.com/org/{name}/call-me@{self._git('rev-parse', 'HEAD').strip()}"
+
+    def _git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=self.repo, check=True, capture_output=True, text=True, timeout=15
+        ).stdout
+
+    def write(self, ci_yaml: str) -> None:
+        (self.repo / ".gitlab-ci.yml").write_text(ci_yaml)
+
+    def start(self, *, variables: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Runs the pipeline; `variables` are CI/CD variables (a PATH among them is the jobs' PATH)."""
+        # The CLI path needs `call-me` on the jobs' PATH; gitlab-ci-local itself needs node and git.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CALL_ME_", "CI_", "GITLAB_"))}
+        env.update({"HOME": str(self.home), "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+        settings = {"CALL_ME_URL": self.server_url, "CALL_ME_API_KEY": CLIENT_KEY, **(variables or {})}
+        args = [str(self.gcl), "--shell-executor-no-image", "--no-color"]
+        for key, value in settings.items():
+            args += ["--variable", f"{key}={value}"]
+        proc = subprocess.Popen(
+            args, cwd=self.repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen[str]) -> Pipeline:
+        try:
+            output, _ = proc.communicate(timeout=PIPELINE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate(timeout=10)
+            raise AssertionError(f"pipeline in {self.repo} ran over {PIPELINE_TIMEOUT}s:\n{output}") from None
+        return Pipeline(self.repo, proc.returncode, output)
+
+    def run(self, *, variables: dict[str, str] | None = None) -> Pipeline:
+        return self.finish(self.start(variables=variables))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+
+
+MakeProject = Callable[..., Project]
+
+
+@pytest.fixture
+def project(gitlab_ci_local: Path, tmp_path: Path, server: ServerProcess) -> Iterator[MakeProject]:
+    """Makes checkouts that run against `server` (or `url`); kills their pipelines at the end."""
+    made: list[Project] = []
+
+    def make(name: str = "app", *, component: bool = False, url: str | None = None) -> Project:
+        made.append(Project(gitlab_ci_local, tmp_path / "repos", name, url or server.url, component=component))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for checkout in made:
+            checkout.close()
+
+
+def include_local(jobs: str) -> str:
+    return f"include:\n  - local: ci/call-me.gitlab-ci.yml\n\n{jobs}"
+
+
+def put_environment(server: ServerProcess, name: str, **body: object) -> None:
+    with server.client() as http:
+        assert http.put(f"/v1/environments/{name}", json=body).status_code in (200, 201)
+
+
+def history(server: ServerProcess) -> list[dict[str, object]]:
+    with server.client(ADMIN_KEY) as http:
+        events: list[dict[str, object]] = http.get("/v1/history", params={"limit": 1000}).json()["events"]
+    return events[::-1]  # oldest first
+
+
+def assert_balanced(server: ServerProcess, *, acquired: int) -> list[dict[str, object]]:
+    """Every lease acquired was released by its holder (none expired or revoked); returns the events."""
+    events = history(server)
+    taken = [e["lease"] for e in events if e["kind"] == "acquired"]
+    released = [e["lease"] for e in events if e["kind"] == "released"]
+    assert len(taken) == acquired, events
+    assert sorted(map(str, taken)) == sorted(map(str, released)), events
+    assert not [e for e in events if e["kind"] in ("expired", "revoked", "abandoned")], events
+    return events
+
+
+def assert_secret_free(pipeline: Pipeline) -> None:
+    assert CLIENT_KEY not in pipeline.output
+    assert "token=none" in pipeline.output or "seen:" not in pipeline.output  # the script never sees the token
+    leftovers = list((pipeline.repo / ".call-me").glob("*/*")) if (pipeline.repo / ".call-me").exists() else []
+    assert leftovers == [], leftovers  # after_script removed the lease file (it holds the token)
+
+
+def test_generated_files_are_current() -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gitlab-generate"), "--check"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_include_acquires_shows_the_lease_and_releases(project: MakeProject, server: ServerProcess) -> None:
+    put_environment(server, "uat", properties={"url": "https://uat.example.com", "db-host": "db'1"})
+    app = project("app")
+    app.write(
+        include_local(
+            "deploy:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            "    CALL_ME_ENVIRONMENT: uat\n"
+            "  script:\n"
+            f"    - {SHOW}\n"
+            '    - echo "db=$CALL_ME_PROPERTY_DB_HOST lease=$CALL_ME_LEASE_ID"\n'
+            '    - test "$(cat .call-me/$CI_JOB_ID/lease | wc -l)" -gt 0\n'
+        )
+    )
+    pipeline = app.run()
+    assert pipeline.returncode == 0, pipeline.output
+    assert "seen: env=uat fence=" in pipeline.output
+    assert "url=https://uat.example.com token=none" in pipeline.output
+    assert "db=db'1 lease=l_" in pipeline.output
+    assert "(with cli)" in pipeline.output  # auto: the call-me CLI is on PATH
+    assert_secret_free(pipeline)
+    events = assert_balanced(server, acquired=1)
+    acquired = next(e for e in events if e["kind"] == "acquired")
+    assert acquired["holder"] == "org/app#1000 deploy"
+
+
+def test_failing_script_still_releases(project: MakeProject, server: ServerProcess) -> None:
+    app = project("app")
+    app.write(
+        include_local(
+            "deploy:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            "    CALL_ME_ENVIRONMENT: uat\n"
+            "    CALL_ME_CLIENT: curl\n"
+            "  script:\n"
+            f"    - {SHOW}\n"
+            "    - exit 3\n"
+        )
+    )
+    pipeline = app.run()
+    assert pipeline.returncode != 0, pipeline.output
+    assert "seen: env=uat" in pipeline.output
+    assert "call-me: released uat" in pipeline.output
+    assert_secret_free(pipeline)
+    assert_balanced(server, acquired=1)
+
+
+def test_two_pipelines_on_one_environment_take_turns(project: MakeProject, server: ServerProcess) -> None:
+    jobs = include_local(
+        "test:\n"
+        "  extends: .call-me\n"
+        "  variables:\n"
+        "    CALL_ME_ENVIRONMENT: shared\n"
+        "  script:\n"
+        f"    - {SHOW}\n"
+        "    - sleep 3\n"
+    )
+    first, second = project("app-a"), project("app-b")
+    first.write(jobs)
+    second.write(jobs)
+    # One through the CLI, one through curl: the two paths share the one queue.
+    procs = [first.start(), second.start(variables={"CALL_ME_CLIENT": "curl"})]
+    pipelines = [first.finish(procs[0]), second.finish(procs[1])]
+    for pipeline in pipelines:
+        assert pipeline.returncode == 0, pipeline.output
+        assert "seen: env=shared" in pipeline.output
+        assert_secret_free(pipeline)
+    waited = [p for p in pipelines if "waiting for" in p.output]
+    assert len(waited) == 1, [p.output for p in pipelines]
+    events = assert_balanced(server, acquired=2)
+    grants = [e for e in events if e["kind"] in ("acquired", "released")]
+    assert [e["kind"] for e in grants] == ["acquired", "released", "acquired", "released"], events
+    assert grants[0]["lease"] == grants[1]["lease"]
+    assert {e["holder"] for e in grants} == {"org/app-a#1000 test", "org/app-b#1000 test"}
+
+
+def test_component_label_pool_gives_concurrent_jobs_different_environments(
+    project: MakeProject, server: ServerProcess
+) -> None:
+    for name in ("pool-1", "pool-2"):
+        put_environment(server, name, labels=["pool"], properties={"url": f"https://{name}.example.com"})
+    app = project("app", component=True)
+    job = f"  extends: .call-me\n  script:\n    - {SHOW}\n    - sleep 2\n"
+    app.write(
+        f"include:\n  - component: {app.component_ref}\n    inputs:\n      label: pool\n      client: curl\n\n"
+        f"one:\n{job}\ntwo:\n{job}"
+    )
+    pipeline = app.run()
+    assert pipeline.returncode == 0, pipeline.output
+    assert "seen: env=pool-1 fence=" in pipeline.output
+    assert "seen: env=pool-2 fence=" in pipeline.output
+    assert "url=https://pool-1.example.com" in pipeline.output
+    assert pipeline.output.count("(with curl)") == 2  # the `client` input
+    assert_secret_free(pipeline)
+    events = assert_balanced(server, acquired=2)
+    kinds = [e["kind"] for e in events if e["kind"] in ("acquired", "released")]
+    assert kinds == ["acquired", "acquired", "released", "released"], events  # held at the same time
+
+
+def _curl_only_path(folder: Path) -> str:
+    """A PATH of symlinks to a shell, curl and the few coreutils the template uses: no Python, no jq."""
+    folder.mkdir()
+    for tool in ("sh", "bash", "curl", "cat", "date", "mkdir", "mv", "od", "rm", "sleep", "tr", "chmod", "wc", "test"):
+        found = shutil.which(tool)
+        assert found, tool
+        (folder / tool).symlink_to(found)
+    return str(folder)
+
+
+def test_curl_only_path_without_python(project: MakeProject, server: ServerProcess, tmp_path: Path) -> None:
+    put_environment(server, "uat", properties={"url": "https://uat.example.com"})
+    app = project("app")
+    app.write(
+        include_local(
+            "deploy:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            "    CALL_ME_ENVIRONMENT: uat\n"
+            "  script:\n"
+            "    - if command -v python3 || command -v python || command -v call-me || command -v jq; then exit 9; fi\n"
+            f"    - {SHOW}\n"
+        )
+    )
+    pipeline = app.run(variables={"PATH": _curl_only_path(tmp_path / "bin")})
+    assert pipeline.returncode == 0, pipeline.output
+    assert "(with curl)" in pipeline.output
+    assert "seen: env=uat fence=1 url=https://uat.example.com token=none" in pipeline.output
+    assert "call-me: released uat" in pipeline.output
+    assert_secret_free(pipeline)
+    assert_balanced(server, acquired=1)
+
+
+def test_curl_timeout_leaves_the_queue(project: MakeProject, server: ServerProcess) -> None:
+    with server.client(CLIENT_KEY) as http:
+        held = http.post("/v1/leases", json={"environment": "uat", "holder": "someone else", "ttl": 120}).json()
+    app = project("app")
+    app.write(
+        include_local(
+            "deploy:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            "    CALL_ME_ENVIRONMENT: uat\n"
+            "    CALL_ME_TIMEOUT: 2\n"
+            "    CALL_ME_CLIENT: curl\n"
+            "  script:\n"
+            "    - echo never runs\n"
+        )
+    )
+    started = time.monotonic()
+    pipeline = app.run()
+    assert pipeline.returncode != 0, pipeline.output
+    assert time.monotonic() - started < 20
+    assert "gave up waiting for environment uat after 2s (CALL_ME_TIMEOUT) and left the queue" in pipeline.output
+    assert "> never runs" not in pipeline.output
+    kinds = [e["kind"] for e in history(server) if e["kind"] != "environment_changed"]
+    assert kinds == ["acquired", "queued", "left"], kinds
+    with server.client() as http:
+        assert http.get("/v1/environments/uat").json()["queue"] == []
+        token_header = {"X-Lease-Token": held["token"]}
+        assert http.delete(f"/v1/leases/{held['id']}", headers=token_header).status_code == 204
+
+
+def test_curl_retries_until_the_server_is_up(project: MakeProject, tmp_path: Path) -> None:
+    (tmp_path / "late").mkdir()
+    late = ServerProcess(tmp_path / "late", port=free_port())
+    app = project("app", url=late.url)
+    app.write(
+        include_local(
+            "deploy:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            "    CALL_ME_ENVIRONMENT: uat\n"
+            "    CALL_ME_CLIENT: curl\n"
+            "  script:\n"
+            f"    - {SHOW}\n"
+        )
+    )
+    starter = threading.Timer(2.5, late.start)  # connection refused until then
+    try:
+        proc = app.start()
+        starter.start()
+        pipeline = app.finish(proc)
+        assert pipeline.returncode == 0, pipeline.output
+        assert "did not answer" in pipeline.output
+        assert "retrying in 1s" in pipeline.output
+        assert "seen: env=uat" in pipeline.output
+        assert_balanced(late, acquired=1)
+    finally:
+        if starter.ident is not None:
+            starter.join(20)
+        if late.proc is not None:
+            late.kill()
+
+
+def test_missing_settings_fail_with_a_clear_message(project: MakeProject) -> None:
+    app = project("app")
+    app.write(include_local("deploy:\n  extends: .call-me\n  script:\n    - echo never runs\n"))
+    pipeline = app.run(variables={"CALL_ME_CLIENT": "curl"})
+    assert pipeline.returncode != 0
+    assert "neither CALL_ME_ENVIRONMENT nor CALL_ME_LABEL is set" in pipeline.output
+    assert "> never runs" not in pipeline.output
+    assert "no lease to release" in pipeline.output
+
+
+def test_template_declares_only_hidden_jobs() -> None:
+    yaml = pytest.importorskip("yaml")
+    include = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())
+    assert list(include) == [".call-me"]
+    spec, jobs = yaml.safe_load_all((ROOT / "templates" / "call-me.yml").read_text())
+    assert set(spec["spec"]["inputs"]) == {"environment", "label", "ttl", "timeout", "holder", "client"}
+    assert list(jobs) == [".call-me"]
+    script = (ROOT / "gitlab-template" / "call-me.sh").read_text()
+    for job in (include[".call-me"], jobs[".call-me"]):
+        assert script in job["before_script"][0]
+        assert script in job["after_script"][0]
+
+
+def _shell_functions() -> str:
+    """call-me.sh without its last lines (the dispatch on acquire|release): its functions only."""
+    script = (ROOT / "gitlab-template" / "call-me.sh").read_text()
+    return script[: script.rindex("\ncase ${1:-} in")] + "\n"
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_parser_takes_answers_apart_without_running_them(shell: str, tmp_path: Path) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell} here")
+    marker = tmp_path / "ran"
+    answer = (
+        "CALL_ME_LEASE_ID='l_1'\n"
+        "CALL_ME_ENVIRONMENT='uat'\n"
+        f"CALL_ME_PROPERTY_URL='$(touch {marker})`touch {marker}`'\\''; touch {marker}; '\\'''\n"
+        "CALL_ME_PROPERTY_NOTE='two\nlines with = and '\\''quotes'\\'''\n"
+        "PATH='/nowhere'\n"
+        "CALL_ME_FUTURE='ignored'\n"
+    )
+    check = (
+        'CALL_ME_STATE_DIR="$1"\n'
+        + _shell_functions()
+        + '_cm_parse "$2" || exit 3\n'
+        + 'printf "%s|" "$CALL_ME_LEASE_ID" "$CALL_ME_ENVIRONMENT" "$CALL_ME_PROPERTY_URL" "$CALL_ME_PROPERTY_NOTE"'
+        + ' "$_cm_props" "$PATH"\n'
+        + 'for bad in "X=\'a\' b" "CALL_ME_FENCE=\'open" "lower=\'x\'" "CALL_ME_FENCE=bare"; do\n'
+        + '    if _cm_parse "$bad"; then echo "accepted $bad"; exit 4; fi\n'
+        + "done\n"
+    )
+    result = subprocess.run(
+        [shell, "-c", check, shell, str(tmp_path), answer],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    assert result.returncode == 0, result
+    values = result.stdout.split("|")
+    assert values[:4] == [
+        "l_1",
+        "uat",
+        f"$(touch {marker})`touch {marker}`'; touch {marker}; '",
+        "two\nlines with = and 'quotes'",
+    ]
+    assert values[4].split() == ["CALL_ME_PROPERTY_URL", "CALL_ME_PROPERTY_NOTE"]
+    assert values[5] != "/nowhere"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL then after_script"])
+def test_curl_job_stopped_while_waiting_leaves_the_queue(how: str, server: ServerProcess, tmp_path: Path) -> None:
+    """As a runner stops a job: the before_script block in bash, its process group signalled."""
+    yaml = pytest.importorskip("yaml")
+    job = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())[".call-me"]
+    with server.client(CLIENT_KEY) as http:
+        held = http.post("/v1/leases", json={"environment": "uat", "holder": "someone else", "ttl": 120}).json()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CALL_ME_URL": server.url,
+        "CALL_ME_API_KEY": CLIENT_KEY,
+        "CALL_ME_ENVIRONMENT": "uat",
+        "CALL_ME_CLIENT": "curl",
+        "CI_PROJECT_DIR": str(tmp_path),
+        "CI_JOB_ID": "7",
+    }
+    script = "set -eo pipefail\n" + job["before_script"][0] + "echo script ran\n"
+    proc = subprocess.Popen(
+        ["bash", "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    proc_group = proc.pid
+    try:
+        deadline = time.monotonic() + 15
+        while not (tmp_path / ".call-me" / "7" / "ticket").exists():
+            assert time.monotonic() < deadline, "no ticket file"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the long-poll now
+        os.killpg(proc_group, signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+    finally:
+        output, _ = proc.communicate(timeout=30)
+    assert "script ran" not in output
+    if how == "SIGTERM":
+        assert "stopped while waiting; leaving the queue" in output
+    else:
+        after = subprocess.run(
+            ["bash", "-c", job["after_script"][0]], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert "the job stopped while waiting; leaving the queue" in after.stderr
+    with server.client() as http:
+        deadline = time.monotonic() + 15  # SIGTERM: the trap's DELETE may still be on its way
+        while http.get("/v1/environments/uat").json()["queue"]:
+            assert time.monotonic() < deadline, "still queued"
+            time.sleep(0.05)
+        assert http.delete(f"/v1/leases/{held['id']}", headers={"X-Lease-Token": held["token"]}).status_code == 204
+    kinds = [e["kind"] for e in history(server) if e["kind"] != "environment_changed"]
+    assert kinds == ["acquired", "queued", "left", "released"], kinds
