@@ -9,20 +9,22 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import openapi, render, routes_maybe, routes_v1
+from . import openapi, render, routes_live, routes_maybe, routes_v1
 from .auth import Keyring
 from .clock import Clock
 from .constants import SWEEP_INTERVAL
 from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
 from .http import Parts, parts
+from .metrics import Metrics, RequestTimer, TimedStore
 from .service import Service
 from .settings import Settings
+from .store import for_database
 from .store.base import Store
-from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("callme.app")
 
@@ -83,22 +85,28 @@ async def _sweeper(service: Service) -> None:
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    """The application; it opens `store` (or the configured SQLite file) on start-up unless already open."""
+    """The application; it opens `store` (or the configured database) on start-up unless already open."""
     owned = store is None
-    the_store: Store = store if store is not None else SQLiteStore(settings.database, Clock())
+    the_store: Store = (
+        store if store is not None else for_database(settings.database, Clock(), listen=settings.pg_listen)
+    )
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owned:
             await the_store.open()
-        service = Service(the_store, settings)
+        service = Service(TimedStore(the_store, metrics.transactions), settings)
         app.state.parts = Parts(settings, service, Keyring(settings.keys, no_auth=settings.no_auth))
+        watcher = routes_live.attach(app, service, settings, metrics)
         await service.apply_declared([(e.name, e.change) for e in settings.environments])
         sweeper = asyncio.create_task(_sweeper(service), name="callme-sweeper")
         try:
             yield
         finally:
             service.waiters.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher  # ends the event streams; it sees the waiters closed within 0.1 s
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -111,10 +119,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *routes_v1.routes,
         *routes_maybe.routes,
+        *routes_live.routes,
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(RequestTimer, metrics=metrics)],
         exception_handlers={
             CallMeError: _callme_error,
             HTTPException: _http_error,

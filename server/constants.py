@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_SLOTS = 1000
@@ -37,7 +37,32 @@ SWEEP_INTERVAL = 0.25
 # Ended tickets are kept this long so that a repeated request_id finds what it made (API.md: 24 h).
 REQUEST_ID_RETENTION = 48 * 3600
 
+# PostgreSQL: connections (and worker threads) per replica, how long one statement may wait for a lock,
+# how often an operation is re-run after a serialization failure or deadlock, and how often a parked
+# long-poll looks again, since wake-ups from other replicas are hints (LISTEN) or absent (poll-only mode).
+PG_CONNECTIONS = 8
+PG_CONNECT_TIMEOUT = 5
+PG_LOCK_TIMEOUT = 10.0
+PG_RETRIES = 12
+PG_RECHECK = 2.0
+PG_RECHECK_POLL_ONLY = 0.5
+PG_CHANNEL = "callme"
+
 ADMIN_KEY_NAME = "admin"
 NO_AUTH_NAME = "anonymous"
 
 ROLES = ("read", "client", "admin")
+
+# The dashboard, server-sent events and metrics.
+DEFAULT_SSE_HEARTBEAT = 15.0  # seconds between comment lines that keep proxies from closing an idle stream
+SSE_BUFFER = 256  # events held per SSE client; one that falls further behind is dropped (it resumes by id)
+SSE_MAX_CLIENTS = 1000
+SSE_REPLAY_PAGE = 500
+SSE_RETRY_MS = 3000
+SESSION_TTL = 12 * 3600  # a dashboard session ends this long after sign-in ...
+SESSION_IDLE = 2 * 3600  # ... or after this long unused
+MAX_SESSIONS = 10_000
+UTILISATION_WINDOW = 24 * 3600
+UTILISATION_EVENTS = 5000  # at most this many recent events are read for the dashboard's summary
+AUTO_ENVIRONMENTS = "_auto"  # the metrics' one label value for every auto-created environment
+LABEL_TICKETS = "_label"  # ... and for a ticket that named a label rather than an environment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from types import FrameType
 
@@ -13,8 +14,8 @@ from .app import create_app
 from .clock import Clock
 from .errors import ConfigError
 from .settings import Settings, load
+from .store import for_database
 from .store.base import StoreError
-from .store.sqlite import SQLiteStore
 
 log = logging.getLogger("callme.server")
 
@@ -34,7 +35,7 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(settings: Settings) -> int:
-    store = SQLiteStore(settings.database, Clock())
+    store = for_database(settings.database, Clock(), listen=settings.pg_listen)
     try:
         await store.open()
     except StoreError as exc:
@@ -73,7 +74,8 @@ def main() -> None:
         raise SystemExit(2) from None
     if settings.no_auth:
         log.warning("AUTHENTICATION IS OFF (CALL_ME_NO_AUTH): anyone who reaches this port is an admin")
-    log.info("starting on %s:%s with database %s", settings.host, settings.port, settings.database)
+    database = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", settings.database)  # never log a password
+    log.info("starting on %s:%s with database %s", settings.host, settings.port, database)
     raise SystemExit(asyncio.run(_serve(settings)))
 
 

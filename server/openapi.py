@@ -412,6 +412,146 @@ def _other_paths() -> dict[str, Schema]:
     }
 
 
+def _html(description: str) -> Schema:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _page_errors(*statuses: int) -> dict[str, Schema]:
+    # The dashboard answers a browser: its errors are HTML pages that say what went wrong, never JSON.
+    return {str(s): _bare(f"{_ERRORS[s].split(' (')[0]}; an HTML page says so") for s in statuses}
+
+
+def _form(*fields: str) -> Schema:
+    schema = _object({f: {"type": "string"} for f in fields}, required=("csrf",))
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+def _live_paths() -> dict[str, Schema]:
+    """The event stream, the metrics, and the dashboard (HTML for browsers; the session cookie is enough)."""
+    session: list[Schema] = [{"ApiKey": []}, {"Bearer": []}, {"Session": []}]
+    see_other = {"303": _bare("done; see the dashboard (Location)")}
+    admin_form = {**see_other, **_page_errors(401, 403, 404, 409, 413, 422, 503)}
+    return {
+        "/v1/events": {
+            "get": _op(
+                "streamEvents",
+                "The audit events as server-sent events (`id:` the event id, `event:` its kind, `data:` an Event)",
+                {
+                    "200": {
+                        "description": "an endless stream; resume with Last-Event-ID; comment lines as heartbeats",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403, 422, 503),
+                },
+                security=session,
+                parameters=[
+                    _parameter("Last-Event-ID", "header", _string(1, 18), "send every event after this id first")
+                ],
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "metrics",
+                "Prometheus metrics (text exposition format)",
+                {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(401, 403, 503),
+                },
+            )
+        },
+        "/": {
+            "get": _op(
+                "dashboard",
+                "The dashboard (redirects to /signin without a key or session)",
+                {"200": _html("the dashboard"), "303": _bare("sign in first"), **_page_errors(503)},
+                security=session,
+            )
+        },
+        "/ui/live": {
+            "get": _op(
+                "dashboardLive",
+                "The dashboard's live part alone",
+                {"200": _html("an HTML fragment"), **_errors(401, 503)},
+                security=session,
+            )
+        },
+        "/ui/history": {
+            "get": _op(
+                "dashboardHistory",
+                "The history page, filterable by environment",
+                {"200": _html("the history"), "303": _bare("sign in first"), **_page_errors(422, 503)},
+                security=session,
+                parameters=[
+                    _parameter("environment", "query", _NAME, "only the events of this environment"),
+                    _parameter("limit", "query", _integer(1, MAX_HISTORY_LIMIT), "at most"),
+                    _parameter("fragment", "query", {"enum": ["1"]}, "the table alone"),
+                ],
+            )
+        },
+        "/ui/static/{file}": {
+            "parameters": [_parameter("file", "path", {"enum": ["dashboard.js", "dashboard.css"]}, "the file")],
+            "get": _op(
+                "dashboardStatic",
+                "The dashboard's script and style sheet",
+                {"200": _bare("the file"), **_errors(404)},
+                role=None,
+            ),
+        },
+        "/signin": {
+            "get": _op("signinPage", "The sign-in page", {"200": _html("the form")}, role=None),
+            "post": _op(
+                "signin",
+                "Turn a key into a session cookie (HttpOnly, SameSite=Strict; Secure over https)",
+                {"303": _bare("signed in; to the dashboard"), **_page_errors(401, 403, 413)},
+                role=None,
+                requestBody=_form("csrf", "key"),
+            ),
+        },
+        "/signout": {
+            "post": _op(
+                "signout",
+                "End the session",
+                {"303": _bare("signed out"), **_page_errors(403, 413)},
+                security=session,
+                requestBody=_form("csrf"),
+            )
+        },
+        "/ui/leases/{lease}/release": {
+            "parameters": [_param_ref("LeaseId")],
+            "post": _op(
+                "dashboardForceRelease",
+                "Force-release a lease",
+                admin_form,
+                role="admin",
+                security=session,
+                requestBody=_form("csrf"),
+            ),
+        },
+        "/ui/environments/{name}": {
+            "parameters": [_param_ref("EnvironmentName")],
+            "post": _op(
+                "dashboardChangeEnvironment",
+                "Maintenance on or off with a note, or slots and labels",
+                admin_form,
+                role="admin",
+                security=session,
+                requestBody=_form("csrf", "maintenance", "note", "slots", "labels"),
+            ),
+        },
+        "/ui/environments/{name}/hold": {
+            "parameters": [_param_ref("EnvironmentName")],
+            "post": _op(
+                "dashboardHold",
+                "Hold the environment for a person (an ordinary lease, granted at once or not)",
+                admin_form,
+                role="admin",
+                security=session,
+                requestBody=_form("csrf", "holder", "minutes", "reason"),
+            ),
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document served at /openapi.json."""
     return {
@@ -423,7 +563,7 @@ def document() -> dict[str, Any]:
             "description": "A lock server for shared test environments: fair queues, leases that expire, fencing.",
         },
         "security": [{"ApiKey": []}, {"Bearer": []}],
-        "paths": {**_other_paths(), **_v1_paths()},
+        "paths": {**_other_paths(), **_v1_paths(), **_live_paths()},
         "components": {
             "schemas": _schemas(),
             "parameters": {
@@ -441,6 +581,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
+                "Session": {"type": "apiKey", "in": "cookie", "name": "callme_session"},
             },
         },
     }

@@ -36,6 +36,8 @@ from .waiters import Waiters
 
 log = logging.getLogger("callme.service")
 T = TypeVar("T")
+# The detail of an `acquired` event that served a ticket after it waited in the queue.
+WAITED = "waited {:.3f} s in the queue"
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Service:
         self.waiters = Waiters()
         self.listeners: list[Callable[[Sequence[Event]], None]] = []
         self._last_prune = 0.0
+        store.subscribe(self._committed_elsewhere)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -134,6 +137,13 @@ class Service:
         if op.error is not None:
             raise op.error
         return result
+
+    def _committed_elsewhere(self, granted: Sequence[str], events: Sequence[Event]) -> None:
+        """Another replica committed: wake the waiters it granted, and tell the listeners what happened."""
+        self.waiters.notify(granted)
+        if events:
+            for listener in self.listeners:
+                listener(events)
 
     def _event(self, op: _Op, kind: str, env: str | None, **fields: object) -> None:
         op.events.append(Event(at=op.now, kind=kind, environment=env, **fields))  # type: ignore[arg-type]
@@ -170,9 +180,10 @@ class Service:
         ticket.state = "granted"
         ticket.lease_id = lease.id
         tx.update_ticket(ticket)
+        waited = op.now - ticket.enqueued_at  # 0 for a grant made at once; metrics read it back (WAITED)
         self._event(
             op, "acquired", env, lease=lease.id, seq=ticket.seq, fence=lease.fence, holder=lease.holder,
-            actor=ticket.key_name,
+            actor=ticket.key_name, detail=WAITED.format(waited) if waited > 0 else None,
         )  # fmt: skip
         if collect:
             op.granted.append(ticket.id)
@@ -227,7 +238,8 @@ class Service:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await self.waiters.wait(outcome.ticket.id, remaining)
+            # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
+            await self.waiters.wait(outcome.ticket.id, min(remaining, self.store.recheck_interval or remaining))
             ticket_id = outcome.ticket.id
             left = max(0.0, deadline - time.monotonic())
             outcome = await self._run(functools.partial(self._poll_fn, ticket_id, left))
@@ -538,6 +550,9 @@ class Service:
 
     async def history(self, environment: str | None, limit: int) -> list[Event]:
         return await self._run(lambda tx, op: tx.events(environment, limit))
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        return await self._run(lambda tx, op: tx.events_after(after, limit))
 
     async def sweep(self) -> None:
         """Expire leases and abandon tickets past their deadlines, and grant what they free."""

@@ -19,6 +19,7 @@ from .constants import (
     DEFAULT_MAX_WAIT,
     DEFAULT_MAYBE_TTL,
     DEFAULT_PORT,
+    DEFAULT_SSE_HEARTBEAT,
     DEFAULT_TICKET_GRACE,
     DEFAULT_TTL,
     MAX_PRIORITY,
@@ -49,7 +50,7 @@ class EnvironmentConfig:
 class Settings:
     port: int = DEFAULT_PORT
     host: str = DEFAULT_HOST
-    database: str = DEFAULT_DATABASE
+    database: str = field(default=DEFAULT_DATABASE, repr=False)  # a PostgreSQL URL may carry a password
     config_path: str | None = None
     default_ttl: int = DEFAULT_TTL
     max_ttl: int = DEFAULT_MAX_TTL
@@ -58,6 +59,9 @@ class Settings:
     ticket_grace: float = DEFAULT_TICKET_GRACE
     auto_create: bool = True
     no_auth: bool = False
+    sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT
+    # PostgreSQL only: LISTEN/NOTIFY wake-ups across replicas; off behind PgBouncer's transaction pooling.
+    pg_listen: bool = True
     keys: tuple[KeyConfig, ...] = ()
     environments: tuple[EnvironmentConfig, ...] = ()
 
@@ -191,6 +195,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ticket_grace=_float(env, "CALL_ME_TICKET_GRACE", DEFAULT_TICKET_GRACE, 0.1, 86400),
         auto_create=_bool(env, "CALL_ME_AUTO_CREATE", True),
         no_auth=_bool(env, "CALL_ME_NO_AUTH", False),
+        pg_listen=_bool(env, "CALL_ME_PG_LISTEN", True),
+        sse_heartbeat=_float(env, "CALL_ME_SSE_HEARTBEAT", DEFAULT_SSE_HEARTBEAT, 0.05, 3600),
     )
     keys: tuple[KeyConfig, ...] = ()
     envs: tuple[EnvironmentConfig, ...] = ()
@@ -207,6 +213,4 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "API_KEY: no key is configured; set API_KEY (or keys in CALL_ME_CONFIG), "
             "or CALL_ME_NO_AUTH=true for a local trial without authentication"
         )
-    if settings.database.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("CALL_ME_DATABASE: PostgreSQL is not supported by this version yet; use a SQLite file path")
     return Settings(**{**settings.__dict__, "keys": keys, "environments": envs})

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .pgserver import PostgresServer, available
 from .serverproc import ServerProcess
 
 
@@ -18,3 +20,29 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session (or CALL_ME_TEST_POSTGRES); under CI=true it never skips."""
+    why_not = available()
+    if why_not is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests must run in CI: {why_not}")
+        pytest.skip(why_not)
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test."""
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)

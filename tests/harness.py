@@ -11,7 +11,7 @@ from callme.server.clock import FakeClock
 from callme.server.model import Environment, Event, Lease, Principal, Ticket
 from callme.server.service import Granted, Queued, Service
 from callme.server.settings import Settings
-from callme.server.store.base import Tx
+from callme.server.store.base import Store, Tx
 from callme.server.store.sqlite import SQLiteStore
 from callme.server.validation import AcquireRequest, EnvironmentChange
 
@@ -46,12 +46,21 @@ def request(
 
 
 class Harness:
-    def __init__(self, path: Path, *, grace: float = 10.0, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        grace: float = 10.0,
+        settings: Settings | None = None,
+        make_store: Callable[[FakeClock], Store] | None = None,
+    ) -> None:
+        """On the SQLite file `path`, or on the store that `make_store` makes (a PostgreSQL database)."""
         self.path = str(path)
         self.clock = FakeClock()
         self.settings = settings or Settings(ticket_grace=grace, default_ttl=60, max_ttl=3600)
         self.loop = asyncio.new_event_loop()
-        self.store: SQLiteStore | None = None
+        self.make_store = make_store or (lambda clock: SQLiteStore(self.path, clock))
+        self.store: Store | None = None
         self.service: Service | None = None
         self.start()
 
@@ -59,7 +68,7 @@ class Harness:
         return self.loop.run_until_complete(coro)
 
     def start(self) -> None:
-        self.store = SQLiteStore(self.path, self.clock)
+        self.store = self.make_store(self.clock)
         self.run(self.store.open())
         self.service = Service(self.store, self.settings)
 

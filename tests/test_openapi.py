@@ -255,6 +255,9 @@ def test_the_v1_routes_answer_as_documented(server: ServerProcess, clients: Any)
     check(client.delete(f"/v1/leases/{fifth['id']}", headers={token_header: fifth["token"]}), "/v1/leases/{lease}", 410)
     check(admin.delete(f"/v1/environments/{env}"), "/v1/environments/{name}", 404)
     check(admin.get("/v1/history", params={"limit": 1}), "/v1/history", 200)
+    with read.stream("GET", "/v1/events", headers={"Last-Event-ID": "0"}) as stream:  # endless: headers only
+        assert (stream.status_code, stream.headers["content-type"].split(";")[0]) == (200, "text/event-stream")
+        check.seen.add(("/v1/events", "get", "200"))
 
     assert check.missing("/v1/") == set()
 
@@ -276,6 +279,8 @@ def test_the_error_answers_are_documented_problems(server: ServerProcess, client
     check(read.get("/v1/environments/-bad"), "/v1/environments/{name}", 422)
     check(admin.delete("/v1/environments/oa-err?force=nah"), "/v1/environments/{name}", 422)
     check(read.get("/v1/history", params={"limit": 0}), "/v1/history", 422)
+    check(httpx.get(server.url + "/v1/events"), "/v1/events", 401)
+    check(read.get("/v1/events", headers={"Last-Event-ID": "x"}), "/v1/events", 422)
 
 
 def test_the_original_maybe_routes_answer_as_documented(server: ServerProcess, clients: Any) -> None:

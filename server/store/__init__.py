@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from ..clock import Clock
 from .base import Store, StoreError, StoreLocked, Tx
 
-__all__ = ["Store", "StoreError", "StoreLocked", "Tx"]
+__all__ = ["Store", "StoreError", "StoreLocked", "Tx", "for_database"]
+
+
+def for_database(database: str, clock: Clock, *, listen: bool = True) -> Store:
+    """The store that CALL_ME_DATABASE names: PostgreSQL for a postgresql:// URL, else a SQLite file."""
+    if database.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresStore  # only when used: it loads libpq
+
+        return PostgresStore(database, listen=listen)
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(database, clock)

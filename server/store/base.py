@@ -58,6 +58,9 @@ class Tx(Protocol):
         ...
 
     def events(self, environment: str | None, limit: int) -> list[Event]: ...
+    def events_after(self, after: int, limit: int) -> list[Event]:
+        """Up to `limit` events with an id above `after`, oldest first (an SSE client's resume)."""
+        ...
 
     def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
         """Environments and labels with a lease or ticket past its own deadline (before any floor)."""
@@ -70,6 +73,13 @@ class Tx(Protocol):
 
 class Store(Protocol):
     started_at: float
+    # None when this process makes every change, so its wake-ups are exact; else how often a parked long-poll
+    # looks again by itself, since wake-ups from other replicas are only hints.
+    recheck_interval: float | None
+
+    def subscribe(self, hook: Callable[[Sequence[str], Sequence[Event]], None]) -> None:
+        """Have `hook(granted_ticket_ids, events)` called on the event loop for what other processes commit."""
+        ...
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -23,44 +23,9 @@ from ..clock import Clock
 from ..constants import SCHEMA_VERSION
 from ..model import Environment, Event, Lease, Ticket
 from .base import StoreError, StoreLocked, connected
+from .migrations import MIGRATIONS, statements
 
 T = TypeVar("T")
-
-# Each entry migrates the schema from version N (its index) to N + 1; applied in order at start-up.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO counters VALUES ('fence', 0), ('seq', 0);
-    CREATE TABLE environments (
-        name TEXT PRIMARY KEY, slots INTEGER NOT NULL, labels TEXT NOT NULL, description TEXT NOT NULL,
-        properties TEXT NOT NULL, maintenance INTEGER NOT NULL, note TEXT, auto INTEGER NOT NULL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL
-    );
-    CREATE TABLE leases (
-        id TEXT PRIMARY KEY, environment TEXT NOT NULL, token TEXT NOT NULL, holder TEXT NOT NULL,
-        metadata TEXT NOT NULL, fence INTEGER NOT NULL UNIQUE, ttl INTEGER NOT NULL,
-        acquired_at REAL NOT NULL, expires_at REAL NOT NULL, touched_at REAL NOT NULL,
-        key_name TEXT NOT NULL, state TEXT NOT NULL, ended_at REAL, ticket_id TEXT, seq INTEGER,
-        collect_by REAL
-    );
-    CREATE INDEX leases_live ON leases (environment, acquired_at) WHERE state = 'active';
-    CREATE TABLE tickets (
-        id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, key_name TEXT NOT NULL, environment TEXT,
-        label TEXT, holder TEXT NOT NULL, ttl INTEGER NOT NULL, priority INTEGER NOT NULL,
-        metadata TEXT NOT NULL, enqueued_at REAL NOT NULL, seen_at REAL NOT NULL, request_id TEXT,
-        state TEXT NOT NULL, lease_id TEXT, ended_at REAL
-    );
-    CREATE UNIQUE INDEX tickets_request ON tickets (key_name, request_id) WHERE request_id IS NOT NULL;
-    CREATE INDEX tickets_waiting ON tickets (seen_at) WHERE state = 'waiting';
-    CREATE INDEX tickets_ended ON tickets (ended_at) WHERE ended_at IS NOT NULL;
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, environment TEXT,
-        lease TEXT, seq INTEGER, fence INTEGER, holder TEXT, actor TEXT, detail TEXT
-    );
-    CREATE INDEX events_environment ON events (environment, id);
-    """,
-]
-assert len(MIGRATIONS) == SCHEMA_VERSION
 
 _LEASE_COLUMNS = (
     "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
@@ -297,6 +262,11 @@ class SQLiteTx:
             )
         return [Event(**dict(r)) for r in rows]
 
+    def events_after(self, after: int, limit: int) -> list[Event]:
+        columns = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
+        rows = self._all(f"SELECT {columns} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        return [Event(**dict(r)) for r in rows]
+
     def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
         envs = self._all(
             "SELECT DISTINCT environment FROM leases WHERE state = 'active' AND (expires_at <= ? OR collect_by <= ?)",
@@ -317,6 +287,8 @@ class SQLiteTx:
 class SQLiteStore:
     """The embedded default store; see the module docstring for how it stays atomic and durable."""
 
+    recheck_interval: float | None = None  # one process makes every change: its wake-ups are exact
+
     def __init__(self, path: str, clock: Clock) -> None:
         self.path = path
         self.clock = clock
@@ -324,6 +296,9 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_file: IO[str] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callme-sqlite")
+
+    def subscribe(self, hook: Callable[[Sequence[str], Sequence[Event]], None]) -> None:
+        pass  # no other process shares the file
 
     async def open(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
@@ -372,9 +347,8 @@ class SQLiteStore:
                     f"{SCHEMA_VERSION}; upgrade call-me"
                 )
             for step in MIGRATIONS[version:]:
-                for statement in step.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in statements(step.sqlite):
+                    conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:

@@ -1,0 +1,266 @@
+"""The dashboard at `/`: server-rendered pages (Jinja2, every value escaped), a little plain JavaScript that
+re-fetches the live part on each event of /v1/events, sign-in, and the admin's forms.
+
+Every form carries a CSRF token: the session's own (synchronizer), or, without a session (the sign-in
+form, a server without authentication), the double-submit cookie's. A POST with a key in its headers
+needs none: a browser never adds that header by itself. Admin forms act through the same Service calls
+as the API, with the signed-in key's name as the actor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from . import overview, validation
+from .auth import Keyring
+from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, UTILISATION_EVENTS
+from .errors import CallMeError, Forbidden, Invalid, NotFound
+from .http import body, parts
+from .live import live, require_viewer, session, viewer
+from .model import Principal
+from .render import event_json
+from .sessions import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, new_token, same
+
+_HERE = Path(__file__).parent
+_STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_HERE / "templates"),
+    autoescape=True,  # every value: holders and metadata are whatever a client sent
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render with the viewer, a CSRF token for the forms, and the security headers."""
+    principal = context.pop("principal", None)
+    found = session(request)
+    csrf_cookie = request.cookies.get(CSRF_COOKIE) or new_token()
+    csrf = found.csrf if found is not None else csrf_cookie
+    html = templates.get_template(template).render(principal=principal, csrf=csrf, csrf_field=CSRF_FIELD, **context)
+    response = HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
+    if found is None and request.cookies.get(CSRF_COOKIE) != csrf_cookie:
+        _cookie(request, response, CSRF_COOKIE, csrf_cookie)
+    return response
+
+
+def _cookie(request: Request, response: Response, name: str, value: str) -> None:
+    response.set_cookie(name, value, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+
+
+def _error_page(request: Request, exc: CallMeError, principal: Principal | None) -> HTMLResponse:
+    return _page(request, "error.html", exc.status, principal=principal, error=exc)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    raw = (await body(request)).decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _check_csrf(request: Request, form: dict[str, str]) -> None:
+    if Keyring.presented(request.headers) is not None:
+        return
+    found = session(request)
+    expected = found.csrf if found is not None else request.cookies.get(CSRF_COOKIE)
+    if not same(form.get(CSRF_FIELD), expected):
+        raise Forbidden("the form's CSRF token is missing or wrong; reload the page and try again")
+
+
+async def _overview(request: Request) -> dict[str, Any]:
+    service = parts(request).service
+    views = await service.environments()
+    events = await service.history(None, UTILISATION_EVENTS)
+    cards, summary = overview.build(views, events)
+    return {"cards": cards, "summary": summary}
+
+
+async def home(request: Request) -> Response:
+    principal = viewer(request)
+    if principal is None:
+        return RedirectResponse("/signin", status_code=303)
+    try:
+        require_viewer(request, "read")
+        context = await _overview(request)
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    return _page(request, "dashboard.html", principal=principal, **context)
+
+
+async def fragment(request: Request) -> Response:
+    """The live part of the dashboard alone, for the page's script to swap in after an event."""
+    principal = require_viewer(request, "read")
+    return _page(request, "_live.html", principal=principal, **(await _overview(request)))
+
+
+async def history(request: Request) -> Response:
+    principal = viewer(request)
+    if principal is None:
+        return RedirectResponse("/signin", status_code=303)
+    try:
+        require_viewer(request, "read")
+        environment = request.query_params.get("environment") or None
+        if environment is not None:
+            validation.name("environment", environment)
+        raw = request.query_params.get("limit") or str(DEFAULT_HISTORY_LIMIT)
+        if (
+            not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_HISTORY_LIMIT)))
+            or not 1 <= int(raw) <= MAX_HISTORY_LIMIT
+        ):
+            raise Invalid("limit", f"must be a whole number from 1 to {MAX_HISTORY_LIMIT}")
+        service = parts(request).service
+        events = [event_json(e) for e in await service.history(environment, int(raw))]
+        names = [v.env.name for v in await service.environments()]
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    template = "_history.html" if request.query_params.get("fragment") == "1" else "history.html"
+    query = f"?environment={quote(environment)}&limit={raw}" if environment else f"?limit={raw}"
+    return _page(
+        request, template, principal=principal, events=events, names=names, environment=environment, limit=raw,
+        query=query,
+    )  # fmt: skip
+
+
+async def static(request: Request) -> Response:
+    name = request.path_params["file"]
+    if name not in _STATIC:
+        raise NotFound(f"no file {name}")
+    content = (_HERE / "static" / name).read_bytes()
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    return Response(content, media_type=_STATIC[name], headers=headers)
+
+
+async def signin_page(request: Request) -> Response:
+    return _page(request, "signin.html", principal=viewer(request), message=None)
+
+
+async def signin(request: Request) -> Response:
+    form = await _form(request)
+    try:
+        _check_csrf(request, form)
+    except Forbidden as exc:
+        return _error_page(request, exc, None)
+    key = form.get("key", "").strip()
+    principal = parts(request).keyring.identify({"x-api-key": key}) if key else None
+    if principal is None:
+        message = "That key is not known here. Check it (keys are case-sensitive) or ask an admin for one."
+        return _page(request, "signin.html", 401, principal=None, message=message)
+    cookie, _ = live(request).sessions.create(principal)
+    response = RedirectResponse("/", status_code=303)
+    _cookie(request, response, SESSION_COOKIE, cookie)
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+async def signout(request: Request) -> Response:
+    form = await _form(request)
+    try:
+        _check_csrf(request, form)
+    except Forbidden as exc:
+        return _error_page(request, exc, viewer(request))
+    live(request).sessions.end(request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def _admin_form(request: Request) -> tuple[Principal, dict[str, str]]:
+    form = await _form(request)
+    _check_csrf(request, form)
+    return require_viewer(request, "admin"), form
+
+
+def _done(name: str) -> Response:
+    return RedirectResponse(f"/#env-{quote(name)}", status_code=303)
+
+
+async def force_release(request: Request) -> Response:
+    principal = viewer(request)
+    try:
+        principal, _ = await _admin_form(request)
+        service = parts(request).service
+        found = await service.lease(request.path_params["lease"])
+        await service.release(principal, found.lease.id, None, force=True)
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    return _done(found.lease.environment)
+
+
+async def change_environment(request: Request) -> Response:
+    """Maintenance on/off with a note, or slots and labels: the fields the form sent, as a PUT would."""
+    principal = viewer(request)
+    try:
+        principal, form = await _admin_form(request)
+        name = validation.name("name", request.path_params["name"])
+        change: dict[str, Any] = {}
+        if "maintenance" in form:
+            change["maintenance"] = form["maintenance"] == "on"
+            change["note"] = form.get("note", "").strip() or None
+        if "slots" in form:
+            slots = form["slots"].strip()
+            if not (slots.isascii() and slots.isdigit()) or len(slots) > 6:
+                raise Invalid("slots", "must be a whole number")
+            change["slots"] = int(slots)
+        if "labels" in form:
+            change["labels"] = [label for label in form["labels"].replace(",", " ").split() if label]
+        if not change:
+            raise Invalid("form", "names nothing to change")
+        await parts(request).service.put_environment(principal, name, validation.environment_change(change))
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    return _done(name)
+
+
+async def hold(request: Request) -> Response:
+    """A manual hold: an ordinary lease with the person as holder, taken at once or not at all."""
+    principal = viewer(request)
+    try:
+        principal, form = await _admin_form(request)
+        name = validation.name("name", request.path_params["name"])
+        p = parts(request)
+        minutes = form.get("minutes", "").strip()
+        if not (minutes.isascii() and minutes.isdigit()) or len(minutes) > 7:
+            raise Invalid("minutes", "must be a whole number of minutes")
+        ttl = validation.integer("minutes", int(minutes), 1, max(1, p.settings.max_ttl // 60)) * 60
+        holder = form.get("holder", "").strip() or principal.name
+        reason = form.get("reason", "").strip()
+        req = validation.acquire(
+            {"environment": name, "holder": holder, "ttl": min(ttl, p.settings.max_ttl), "queue": False,
+             "metadata": {"reason": reason, "via": "dashboard", "by": principal.name}},
+            p.settings.max_ttl,
+        )  # fmt: skip
+        await p.service.acquire(principal, req)
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    return _done(name)
+
+
+routes = [
+    Route("/", home, methods=["GET"]),
+    Route("/ui/live", fragment, methods=["GET"]),
+    Route("/ui/history", history, methods=["GET"]),
+    Route("/ui/static/{file}", static, methods=["GET"]),
+    Route("/signin", signin_page, methods=["GET"]),
+    Route("/signin", signin, methods=["POST"]),
+    Route("/signout", signout, methods=["POST"]),
+    Route("/ui/leases/{lease}/release", force_release, methods=["POST"]),
+    Route("/ui/environments/{name}", change_environment, methods=["POST"]),
+    Route("/ui/environments/{name}/hold", hold, methods=["POST"]),
+]

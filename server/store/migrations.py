@@ -1,0 +1,108 @@
+"""One versioned schema for both stores: step N migrates a database from version N to N + 1.
+
+Each store applies the steps it has not seen yet at start-up, in one transaction that also records the new
+version, so a start-up that fails half-way leaves the database as it was. A step is written once per SQL
+dialect; an empty string means that step changes nothing on that store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..constants import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Migration:
+    what: str
+    sqlite: str
+    postgres: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        what="the first schema: environments, leases, tickets, events and the fence and seq counters",
+        sqlite="""
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO counters VALUES ('fence', 0), ('seq', 0);
+        CREATE TABLE environments (
+            name TEXT PRIMARY KEY, slots INTEGER NOT NULL, labels TEXT NOT NULL, description TEXT NOT NULL,
+            properties TEXT NOT NULL, maintenance INTEGER NOT NULL, note TEXT, auto INTEGER NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL
+        );
+        CREATE TABLE leases (
+            id TEXT PRIMARY KEY, environment TEXT NOT NULL, token TEXT NOT NULL, holder TEXT NOT NULL,
+            metadata TEXT NOT NULL, fence INTEGER NOT NULL UNIQUE, ttl INTEGER NOT NULL,
+            acquired_at REAL NOT NULL, expires_at REAL NOT NULL, touched_at REAL NOT NULL,
+            key_name TEXT NOT NULL, state TEXT NOT NULL, ended_at REAL, ticket_id TEXT, seq INTEGER,
+            collect_by REAL
+        );
+        CREATE INDEX leases_live ON leases (environment, acquired_at) WHERE state = 'active';
+        CREATE TABLE tickets (
+            id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, key_name TEXT NOT NULL, environment TEXT,
+            label TEXT, holder TEXT NOT NULL, ttl INTEGER NOT NULL, priority INTEGER NOT NULL,
+            metadata TEXT NOT NULL, enqueued_at REAL NOT NULL, seen_at REAL NOT NULL, request_id TEXT,
+            state TEXT NOT NULL, lease_id TEXT, ended_at REAL
+        );
+        CREATE UNIQUE INDEX tickets_request ON tickets (key_name, request_id) WHERE request_id IS NOT NULL;
+        CREATE INDEX tickets_waiting ON tickets (seen_at) WHERE state = 'waiting';
+        CREATE INDEX tickets_ended ON tickets (ended_at) WHERE ended_at IS NOT NULL;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, environment TEXT,
+            lease TEXT, seq INTEGER, fence INTEGER, holder TEXT, actor TEXT, detail TEXT
+        );
+        CREATE INDEX events_environment ON events (environment, id);
+        """,
+        # The same tables; JSON stays text (as on SQLite) so both stores give back exactly what they were given.
+        postgres="""
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        INSERT INTO counters VALUES ('fence', 0), ('seq', 0);
+        CREATE TABLE environments (
+            name TEXT PRIMARY KEY, slots INTEGER NOT NULL, labels TEXT NOT NULL, description TEXT NOT NULL,
+            properties TEXT NOT NULL, maintenance BOOLEAN NOT NULL, note TEXT, auto BOOLEAN NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE leases (
+            id TEXT PRIMARY KEY, environment TEXT NOT NULL, token TEXT NOT NULL, holder TEXT NOT NULL,
+            metadata TEXT NOT NULL, fence BIGINT NOT NULL UNIQUE, ttl INTEGER NOT NULL,
+            acquired_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+            touched_at DOUBLE PRECISION NOT NULL, key_name TEXT NOT NULL, state TEXT NOT NULL,
+            ended_at DOUBLE PRECISION, ticket_id TEXT, seq BIGINT, collect_by DOUBLE PRECISION
+        );
+        CREATE INDEX leases_live ON leases (environment, acquired_at) WHERE state = 'active';
+        CREATE TABLE tickets (
+            id TEXT PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, key_name TEXT NOT NULL, environment TEXT,
+            label TEXT, holder TEXT NOT NULL, ttl INTEGER NOT NULL, priority INTEGER NOT NULL,
+            metadata TEXT NOT NULL, enqueued_at DOUBLE PRECISION NOT NULL, seen_at DOUBLE PRECISION NOT NULL,
+            request_id TEXT, state TEXT NOT NULL, lease_id TEXT, ended_at DOUBLE PRECISION
+        );
+        CREATE UNIQUE INDEX tickets_request ON tickets (key_name, request_id) WHERE request_id IS NOT NULL;
+        CREATE INDEX tickets_waiting ON tickets (seen_at) WHERE state = 'waiting';
+        CREATE INDEX tickets_ended ON tickets (ended_at) WHERE ended_at IS NOT NULL;
+        CREATE TABLE events (
+            id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, environment TEXT,
+            lease TEXT, seq BIGINT, fence BIGINT, holder TEXT, actor TEXT, detail TEXT
+        );
+        CREATE INDEX events_environment ON events (environment, id);
+        """,
+    ),
+    Migration(
+        what="PostgreSQL: fence and seq come from sequences, not from one counter row every grant must lock",
+        # SQLite has one writer that holds the whole database anyway: its counters table stays.
+        sqlite="",
+        # CACHE 1 (the default) matters: a session-cached sequence would hand out values out of order.
+        postgres="""
+        CREATE SEQUENCE fence_seq AS BIGINT MINVALUE 1 CACHE 1;
+        CREATE SEQUENCE ticket_seq AS BIGINT MINVALUE 1 CACHE 1;
+        SELECT setval('fence_seq', value + 1, false) FROM counters WHERE name = 'fence';
+        SELECT setval('ticket_seq', value + 1, false) FROM counters WHERE name = 'seq';
+        DROP TABLE counters;
+        """,
+    ),
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of one step (no step has a `;` inside a literal)."""
+    return [s.strip() for s in sql.split(";") if s.strip()]

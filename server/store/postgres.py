@@ -1,0 +1,687 @@
+"""The PostgreSQL store: several server replicas on one database.
+
+Why psycopg 3, synchronous, on a small thread pool: the Tx stays a plain synchronous object as on SQLite, so
+the service keeps one code path and an operation stays a pure function of its Tx that can simply be run
+again after a serialization failure or deadlock. asyncpg would need an async Tx, a second path through the
+service, for little gain: a transaction is a few short statements. Each of the `PG_CONNECTIONS` worker
+threads keeps one connection of its own and replaces it when it is lost, which bounds connections and
+concurrency per replica; psycopg-pool would only duplicate that (and add threads and a dependency).
+A connection is held for one transaction only, never while a client long-polls.
+
+How it stays atomic and serialised: READ COMMITTED transactions; a decision first locks the environment rows
+of its group (`Tx.group`: the connected set sharing labels) FOR UPDATE, in name order, re-reading the set
+after each round of locks until it is stable. Decisions that could touch the same slot therefore run one
+after the other on every replica, and each statement reads what the one before committed (snapshot
+isolation would read from a snapshot taken before the lock wait, and grant one slot twice). A row read before
+its lock (a ticket being left, an environment being changed) is written back only if it is unchanged since
+(compare-and-set in the UPDATE); if it changed, the whole operation runs again, as after a serialization
+failure (40001) or a deadlock (40P01). A new environment is created with INSERT ... ON CONFLICT DO NOTHING:
+of two replicas creating it at once, one inserts and the other runs its operation again and finds it.
+
+Time: the database's clock, one clock for all replicas. `clock_timestamp()` is read as the first statement of
+each transaction, once per operation (and afresh when an operation runs again after a conflict);
+`now()`/`statement_timestamp()` would give the same instant there, but clock_timestamp says what is meant:
+the time of the read, not of some earlier start. The read comes before the group's locks, so a decision that
+waited for a lock may be made with a time a few milliseconds before the previous decision's: deadlines then
+fall a little later, never earlier, which is the safe side.
+
+Fences and seqs come from sequences (migration 2). The environment rows are locked across a grant, so a later
+grant on an environment draws a later `nextval`: fences strictly increase per environment, without a counter
+row that would serialise every grant of every replica.
+
+Wake-ups across replicas: the transaction NOTIFYs (delivered only if it commits) the tickets it granted and
+the events it recorded; each replica LISTENs on a connection of its own thread, reconnecting when it is lost,
+and hands them to the service on the event loop. They are hints: a parked long-poll also looks again every
+`PG_RECHECK` s. With `listen=False` (PgBouncer transaction pooling breaks LISTEN and server-side prepared
+statements) there is no LISTEN, no NOTIFY, no prepared statement, and waiters look again every
+`PG_RECHECK_POLL_ONLY` s.
+
+Failures: a lost connection is a StoreError (503) and the next operation connects again. A connection found
+dead before COMMIT is replaced and the operation run once more (nothing was committed); a failure during
+COMMIT is never retried (its outcome is unknown) and a client's retry with its request_id finds the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import DictRow, dict_row
+
+from ..clock import Clock
+from ..constants import (
+    PG_CHANNEL,
+    PG_CONNECT_TIMEOUT,
+    PG_CONNECTIONS,
+    PG_LOCK_TIMEOUT,
+    PG_RECHECK,
+    PG_RECHECK_POLL_ONLY,
+    PG_RETRIES,
+    SCHEMA_VERSION,
+)
+from ..model import Environment, Event, Lease, Ticket
+from .base import StoreError, connected
+from .migrations import MIGRATIONS, statements
+
+log = logging.getLogger("callme.store")
+T = TypeVar("T")
+Hook = Callable[[Sequence[str], Sequence[Event]], None]
+Connection = psycopg.Connection[DictRow]
+
+_MIGRATION_LOCK = 0x63616C6C6D65  # pg_advisory_xact_lock key ("callme"): one replica migrates at a time
+_GROUP_ROUNDS = 20
+_NOTIFY_CHUNK = 100  # ids per NOTIFY: well under PostgreSQL's 8000-byte payload limit
+_UNSEEN = object()
+
+_LEASE_COLUMNS = (
+    "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
+    "key_name, state, ended_at, ticket_id, seq, collect_by"
+)
+_TICKET_COLUMNS = (
+    "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
+    "request_id, state, lease_id, ended_at"
+)
+_ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
+_EVENT_COLUMNS = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
+_BEGIN = (
+    "SELECT extract(epoch FROM clock_timestamp())::float8 AS now, "
+    "set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+
+
+class _Conflict(Exception):
+    """A row changed between this operation's read and its write: the operation runs again."""
+
+
+def redact(url: str) -> str:
+    """The database URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user.split(':', 1)[0]}:***@{host}", 1)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _env(row: DictRow) -> Environment:
+    return Environment(
+        name=row["name"],
+        slots=row["slots"],
+        labels=tuple(json.loads(row["labels"])),
+        description=row["description"],
+        properties=json.loads(row["properties"]),
+        maintenance=row["maintenance"],
+        note=row["note"],
+        auto=row["auto"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _lease(row: DictRow) -> Lease:
+    return Lease(**{**row, "metadata": json.loads(row["metadata"])})
+
+
+def _ticket(row: DictRow) -> Ticket:
+    return Ticket(**{**row, "metadata": json.loads(row["metadata"])})
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _lease_state(lease: Lease) -> tuple[Any, ...]:
+    return (lease.expires_at, lease.touched_at, lease.ttl, lease.state, lease.ended_at, lease.collect_by)
+
+
+def _ticket_state(ticket: Ticket) -> tuple[Any, ...]:
+    return (ticket.seen_at, ticket.state, ticket.lease_id, ticket.ended_at)
+
+
+class PostgresTx:
+    def __init__(self, conn: Connection, now: float) -> None:
+        self._conn = conn
+        self._now = now
+        self._locked: set[str] = set()
+        # What this transaction last read or wrote of each row it may write back (for compare-and-set).
+        self._envs: dict[str, Environment | None] = {}
+        self._leases: dict[str, tuple[Any, ...]] = {}
+        self._tickets: dict[str, tuple[Any, ...]] = {}
+        self.granted: list[str] = []
+        self.event_ids: list[int] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+        return self._conn.execute(sql, params).fetchone()
+
+    def _seen_env(self, env: Environment) -> Environment:
+        self._envs[env.name] = env
+        return env
+
+    def _seen_lease(self, lease: Lease) -> Lease:
+        self._leases[lease.id] = _lease_state(lease)
+        return lease
+
+    def _seen_ticket(self, ticket: Ticket) -> Ticket:
+        self._tickets[ticket.id] = _ticket_state(ticket)
+        return ticket
+
+    def environments(self) -> list[Environment]:
+        rows = self._all(f"SELECT {_ENV_COLUMNS} FROM environments ORDER BY name")
+        return [self._seen_env(_env(r)) for r in rows]
+
+    def environment(self, name: str) -> Environment | None:
+        row = self._one(f"SELECT {_ENV_COLUMNS} FROM environments WHERE name = %s", (name,))
+        if row is None:
+            self._envs[name] = None
+            return None
+        return self._seen_env(_env(row))
+
+    def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        names, labels = list(names), list(labels)
+        for _ in range(_GROUP_ROUNDS):
+            envs = {e.name: e for e in self.environments()}
+            wanted = connected(names, labels, envs)
+            missing = [name for name in wanted if name not in self._locked]
+            if not missing:
+                return [envs[name] for name in wanted]
+            # ORDER BY under FOR UPDATE: the rows are locked in name order. Labels may have changed while we
+            # waited, so the next round computes the set again from what is committed now.
+            rows = self._all("SELECT name FROM environments WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (missing,))
+            self._locked.update(r["name"] for r in rows)
+        raise _Conflict("the group of environments kept changing while it was being locked")
+
+    def save_environment(self, env: Environment) -> None:
+        base = self._envs.get(env.name, _UNSEEN)
+        if env.name not in self._locked:
+            self.group([env.name], [])  # lock it (if it exists) with its group, in name order
+        current = self._envs.get(env.name) if env.name in self._locked else None
+        if base is not _UNSEEN and base != current:
+            raise _Conflict(f"environment {env.name} changed since it was read")
+        values = (
+            env.slots,
+            _dump(list(env.labels)),
+            env.description,
+            _dump(env.properties),
+            env.maintenance,
+            env.note,
+            env.auto,
+            env.created_at,
+            env.updated_at,
+            env.name,
+        )
+        if env.name in self._locked:
+            self._conn.execute(
+                "UPDATE environments SET slots = %s, labels = %s, description = %s, properties = %s, "
+                "maintenance = %s, note = %s, auto = %s, created_at = %s, updated_at = %s WHERE name = %s",
+                values,
+            )
+        else:
+            row = self._one(
+                "INSERT INTO environments (slots, labels, description, properties, maintenance, note, auto, "
+                "created_at, updated_at, name) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (name) DO NOTHING RETURNING name",
+                values,
+            )
+            if row is None:
+                raise _Conflict(f"environment {env.name} was created by another operation meanwhile")
+            self._locked.add(env.name)
+        self._envs[env.name] = env
+
+    def delete_environment(self, name: str) -> None:
+        self._conn.execute("DELETE FROM environments WHERE name = %s", (name,))
+        self._envs[name] = None
+
+    def lease(self, lease_id: str) -> Lease | None:
+        row = self._one(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = %s", (lease_id,))
+        return self._seen_lease(_lease(row)) if row else None
+
+    def live_leases(self, environments: Sequence[str]) -> list[Lease]:
+        rows = self._all(
+            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ANY(%s) "
+            "ORDER BY acquired_at, fence",
+            (list(environments),),
+        )
+        return [self._seen_lease(_lease(r)) for r in rows]
+
+    def oldest_live_lease(self, environment: str, key_name: str | None) -> Lease | None:
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = %s"
+        params: list[Any] = [environment]
+        if key_name is not None:
+            sql += " AND key_name = %s"
+            params.append(key_name)
+        row = self._one(sql + " ORDER BY acquired_at, fence LIMIT 1", params)
+        return self._seen_lease(_lease(row)) if row else None
+
+    def insert_lease(self, lease: Lease) -> None:
+        self._conn.execute(
+            f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
+            (
+                lease.id,
+                lease.environment,
+                lease.token,
+                lease.holder,
+                _dump(lease.metadata),
+                lease.fence,
+                lease.ttl,
+                lease.acquired_at,
+                lease.expires_at,
+                lease.touched_at,
+                lease.key_name,
+                lease.state,
+                lease.ended_at,
+                lease.ticket_id,
+                lease.seq,
+                lease.collect_by,
+            ),
+        )
+        self._seen_lease(lease)
+
+    def update_lease(self, lease: Lease) -> None:
+        sql = (
+            "UPDATE leases SET expires_at = %s, touched_at = %s, ttl = %s, state = %s, ended_at = %s, "
+            "collect_by = %s WHERE id = %s"
+        )
+        params: list[Any] = [*_lease_state(lease), lease.id]
+        before = self._leases.get(lease.id)
+        if before is not None:
+            sql += (
+                " AND (expires_at, touched_at, ttl, state, ended_at, collect_by) IS NOT DISTINCT FROM "
+                "(%s::float8, %s::float8, %s::integer, %s::text, %s::float8, %s::float8)"
+            )
+            params.extend(before)
+        if self._one(sql + " RETURNING id", params) is None:
+            raise _Conflict(f"lease {lease.id} changed since it was read")
+        self._seen_lease(lease)
+
+    def ticket(self, ticket_id: str) -> Ticket | None:
+        row = self._one(f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = %s", (ticket_id,))
+        return self._seen_ticket(_ticket(row)) if row else None
+
+    def ticket_by_request(self, key_name: str, request_id: str) -> Ticket | None:
+        row = self._one(
+            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE key_name = %s AND request_id = %s",
+            (key_name, request_id),
+        )
+        return self._seen_ticket(_ticket(row)) if row else None
+
+    def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]:
+        rows = self._all(
+            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
+            "AND (environment = ANY(%s) OR label = ANY(%s)) ORDER BY seq",
+            (list(environments), list(labels)),
+        )
+        return [self._seen_ticket(_ticket(r)) for r in rows]
+
+    def insert_ticket(self, ticket: Ticket) -> None:
+        self._conn.execute(
+            f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
+            (
+                ticket.id,
+                ticket.seq,
+                ticket.key_name,
+                ticket.environment,
+                ticket.label,
+                ticket.holder,
+                ticket.ttl,
+                ticket.priority,
+                _dump(ticket.metadata),
+                ticket.enqueued_at,
+                ticket.seen_at,
+                ticket.request_id,
+                ticket.state,
+                ticket.lease_id,
+                ticket.ended_at,
+            ),
+        )
+        self._seen_ticket(ticket)
+
+    def update_ticket(self, ticket: Ticket) -> None:
+        sql = "UPDATE tickets SET seen_at = %s, state = %s, lease_id = %s, ended_at = %s WHERE id = %s"
+        params: list[Any] = [*_ticket_state(ticket), ticket.id]
+        before = self._tickets.get(ticket.id)
+        if before is not None:
+            sql += (
+                " AND (seen_at, state, lease_id, ended_at) IS NOT DISTINCT FROM "
+                "(%s::float8, %s::text, %s::text, %s::float8)"
+            )
+            params.extend(before)
+        if self._one(sql + " RETURNING id", params) is None:
+            raise _Conflict(f"ticket #{ticket.seq} changed since it was read")
+        if ticket.state == "granted" and (before is None or before[1] != "granted"):
+            self.granted.append(ticket.id)
+        self._seen_ticket(ticket)
+
+    def _next(self, sequence: str) -> int:
+        row = self._one("SELECT nextval(%s) AS value", (sequence,))
+        assert row is not None
+        return int(row["value"])
+
+    def next_fence(self) -> int:
+        return self._next("fence_seq")
+
+    def next_seq(self) -> int:
+        return self._next("ticket_seq")
+
+    def add_event(self, event: Event) -> int:
+        row = self._one(
+            "INSERT INTO events (at, kind, environment, lease, seq, fence, holder, actor, detail) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            (
+                event.at,
+                event.kind,
+                event.environment,
+                event.lease,
+                event.seq,
+                event.fence,
+                event.holder,
+                event.actor,
+                event.detail,
+            ),
+        )
+        assert row is not None
+        self.event_ids.append(int(row["id"]))
+        return int(row["id"])
+
+    def events(self, environment: str | None, limit: int) -> list[Event]:
+        if environment is None:
+            rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT %s", (limit,))
+        else:
+            rows = self._all(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE environment = %s ORDER BY id DESC LIMIT %s",
+                (environment, limit),
+            )
+        return [Event(**r) for r in rows]
+
+    def events_after(self, after: int, limit: int) -> list[Event]:
+        # Ids are drawn at insert, so across unrelated environments one may commit after a higher one: a
+        # resume by id can miss it. Live delivery across replicas goes by the ids each commit NOTIFYs.
+        rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+        return [Event(**r) for r in rows]
+
+    def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
+        envs = self._all(
+            "SELECT DISTINCT environment FROM leases WHERE state = 'active' AND (expires_at <= %s OR collect_by <= %s)",
+            (now, now),
+        )
+        tickets = self._all(
+            "SELECT DISTINCT environment, label FROM tickets WHERE state = 'waiting' AND seen_at <= %s",
+            (now - grace,),
+        )
+        names = {r["environment"] for r in envs} | {r["environment"] for r in tickets if r["environment"]}
+        labels = {r["label"] for r in tickets if r["label"] is not None}
+        return sorted(names), sorted(labels)
+
+    def prune(self, before: float) -> None:
+        self._conn.execute("DELETE FROM tickets WHERE ended_at IS NOT NULL AND ended_at < %s", (before,))
+
+    def publish(self, origin: str) -> None:
+        """NOTIFY the other replicas of what this transaction granted and recorded (sent only on commit)."""
+        for i in range(0, max(len(self.granted), len(self.event_ids)), _NOTIFY_CHUNK):
+            payload = {
+                "o": origin,
+                "t": self.granted[i : i + _NOTIFY_CHUNK],
+                "e": self.event_ids[i : i + _NOTIFY_CHUNK],
+            }
+            self._conn.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, _dump(payload)))
+
+
+class PostgresStore:
+    """The store for several replicas; see the module docstring for how it stays atomic across them."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        listen: bool = True,
+        clock: Clock | None = None,
+        connections: int = PG_CONNECTIONS,
+    ) -> None:
+        self.url = url
+        self.listen = listen
+        # Tests only: a FakeClock instead of the database's clock, so that rule-level tests can move time.
+        self._clock = clock
+        self.recheck_interval: float | None = PG_RECHECK if listen else PG_RECHECK_POLL_ONLY
+        self.started_at = 0.0
+        self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="callme-pg")
+        self._local = threading.local()
+        self._conns: set[Connection] = set()
+        self._conns_lock = threading.Lock()
+        self._hooks: list[Hook] = []
+        self._origin = secrets.token_hex(8)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._timeouts = (f"{int(PG_LOCK_TIMEOUT * 1000)}ms", f"{int(PG_LOCK_TIMEOUT * 3000)}ms")
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r}, listen={self.listen})"
+
+    def subscribe(self, hook: Hook) -> None:
+        self._hooks.append(hook)
+
+    # -- connections ------------------------------------------------------------------------------------
+
+    def _connect(self, *, autocommit: bool = False) -> Connection:
+        try:
+            return psycopg.connect(
+                self.url,
+                autocommit=autocommit,
+                row_factory=dict_row,
+                connect_timeout=PG_CONNECT_TIMEOUT,
+                application_name="call-me",
+                # PgBouncer in transaction pooling mode loses server-side prepared statements between
+                # transactions: the poll-only mode, meant for it, never prepares.
+                prepare_threshold=5 if self.listen else None,
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {redact(self.url)}: {_reason(exc)}") from exc
+
+    def _conn(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                self._drop(conn)
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.add(conn)
+        return conn
+
+    def _drop(self, conn: Connection) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+        with self._conns_lock:
+            self._conns.discard(conn)
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+
+    def _rollback(self, conn: Connection) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        if conn.broken or conn.closed:
+            self._drop(conn)
+
+    # -- transactions -----------------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[PostgresTx], T]) -> T:
+        conflicts = 0
+        reconnected = False
+        while True:
+            conn = self._conn()
+            try:
+                row = conn.execute(_BEGIN, self._timeouts).fetchone()
+                assert row is not None
+                tx = PostgresTx(conn, self._clock.now() if self._clock is not None else row["now"])
+                result = fn(tx)
+                if self.listen:
+                    tx.publish(self._origin)
+            # A unique violation is a race lost to another replica (two first requests with one request_id):
+            # run again, and find what the other one made.
+            except (
+                _Conflict,
+                pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected,
+                pg_errors.UniqueViolation,
+            ) as exc:
+                self._rollback(conn)
+                conflicts += 1
+                if conflicts >= PG_RETRIES:
+                    raise StoreError(f"gave up after {conflicts} conflicting attempts: {_reason(exc)}") from exc
+                time.sleep(random.uniform(0, 0.002 * conflicts))
+                continue
+            except psycopg.Error as exc:
+                lost = conn.broken or conn.closed
+                self._rollback(conn)
+                if lost and not reconnected:
+                    # Found dead (PostgreSQL restarted since its last use): nothing was committed, run again.
+                    reconnected = True
+                    continue
+                raise StoreError(f"database error: {_reason(exc)}") from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+            try:
+                conn.commit()
+            except psycopg.Error as exc:
+                self._rollback(conn)
+                raise StoreError(f"the commit failed, its outcome is unknown: {_reason(exc)}") from exc
+            return result
+
+    async def transact(self, fn: Callable[[PostgresTx], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+
+    async def ping(self) -> bool:
+        try:
+            return await self.transact(lambda tx: True)
+        except StoreError:
+            return False
+
+    # -- life -------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self.started_at = await self._loop.run_in_executor(self._executor, self._open)
+        if self.listen:
+            self._listener = threading.Thread(target=self._listen, name="callme-pg-listen", daemon=True)
+            self._listener.start()
+
+    def _open(self) -> float:
+        conn = self._conn()
+        try:
+            self._migrate(conn)
+            row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS now").fetchone()
+            conn.commit()
+        except psycopg.Error as exc:
+            self._rollback(conn)
+            raise StoreError(f"cannot prepare the database at {redact(self.url)}: {_reason(exc)}") from exc
+        assert row is not None
+        return self._clock.now() if self._clock is not None else float(row["now"])
+
+    def _migrate(self, conn: Connection) -> None:
+        # Replicas starting at once wait here for each other; the lock ends with the transaction.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row["value"]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}, newer than this server's {SCHEMA_VERSION}; upgrade call-me"
+            )
+        for step in MIGRATIONS[version:]:
+            for statement in statements(step.postgres):
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+        if version < SCHEMA_VERSION:
+            log.info("event=migrated from=%s to=%s", version, SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._listener.join, 5.0)
+            self._listener = None
+        self._executor.shutdown(wait=True)
+        with self._conns_lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    # -- wake-ups from other replicas -------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                conn = self._connect(autocommit=True)
+            except StoreError as exc:
+                log.warning("event=listen_failed error=%s retry_in=%.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                with conn:
+                    conn.execute(f"LISTEN {PG_CHANNEL}")
+                    delay = 0.5
+                    log.info("event=listening channel=%s", PG_CHANNEL)
+                    while not self._stop.is_set():
+                        notes = list(conn.notifies(timeout=0.5, stop_after=1))
+                        if notes:
+                            self._deliver(conn, [n.payload for n in notes])
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning("event=listen_lost error=%s; reconnecting", _reason(exc))
+                    self._stop.wait(delay)
+
+    def _deliver(self, conn: Connection, payloads: Sequence[str]) -> None:
+        tickets: list[str] = []
+        event_ids: list[int] = []
+        for payload in payloads:
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                continue
+            if not isinstance(data, dict) or data.get("o") == self._origin:
+                continue  # this replica's own commit: it woke its waiters itself
+            tickets.extend(str(t) for t in data.get("t", ()))
+            event_ids.extend(int(e) for e in data.get("e", ()))
+        if tickets:
+            self._call_hooks(tickets, [])
+        if event_ids:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s) ORDER BY id", (event_ids,)
+            ).fetchall()
+            self._call_hooks([], [Event(**r) for r in rows])
+
+    def _call_hooks(self, tickets: Sequence[str], events: Sequence[Event]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for hook in self._hooks:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(hook, tickets, events)

@@ -1,0 +1,533 @@
+"""The store contract: the same tests against every store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from callme.server.clock import Clock
+from callme.server.constants import SCHEMA_VERSION
+from callme.server.errors import ConfigError
+from callme.server.model import Environment, Event, Lease, Ticket
+from callme.server.settings import load
+from callme.server.store import for_database
+from callme.server.store.base import Store, StoreError, Tx
+from callme.server.store.migrations import MIGRATIONS, statements
+from callme.server.store.postgres import PostgresStore, redact
+from callme.server.store.sqlite import SQLiteStore
+
+from .pgserver import PostgresServer
+
+T = TypeVar("T")
+
+
+class Opened:
+    """One store on its own event loop, reopened on the same data as often as asked."""
+
+    def __init__(self, kind: str, make: Callable[[], Store]) -> None:
+        self.kind = kind
+        self.make = make
+        self.loop = asyncio.new_event_loop()
+        self.store = make()
+        self.run(self.store.open())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def tx(self, fn: Callable[[Tx], T]) -> T:
+        return self.run(self.store.transact(fn))
+
+    def reopen(self) -> None:
+        self.run(self.store.close())
+        self.store = self.make()
+        self.run(self.store.open())
+
+    def close(self) -> None:
+        self.run(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opened]:
+    if request.param == "sqlite":
+        path = str(tmp_path / "db.sqlite")
+        store = Opened("sqlite", lambda: SQLiteStore(path, Clock()))
+    else:
+        url = request.getfixturevalue("pg_url")
+        store = Opened("postgres", lambda: PostgresStore(url))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def env(name: str, *labels: str, slots: int = 1) -> Environment:
+    return Environment(name=name, slots=slots, labels=labels, properties={"url": f"https://{name}"}, created_at=1.0)
+
+
+def lease(lease_id: str, environment: str, fence: int, *, acquired_at: float = 100.0, key: str = "ci") -> Lease:
+    return Lease(
+        id=lease_id, environment=environment, token="k_" + lease_id, holder="me", metadata={"run": 1, "b": [1]},
+        fence=fence, ttl=60, acquired_at=acquired_at, expires_at=acquired_at + 60, touched_at=acquired_at,
+        key_name=key,
+    )  # fmt: skip
+
+
+def ticket(ticket_id: str, seq: int, environment: str | None = None, label: str | None = None, **kw: Any) -> Ticket:
+    values: dict[str, Any] = {
+        "id": ticket_id, "seq": seq, "key_name": "ci", "environment": environment, "label": label, "holder": "me",
+        "ttl": 60, "priority": 0, "metadata": {}, "enqueued_at": 100.0, "seen_at": 100.0, **kw,
+    }  # fmt: skip
+    return Ticket(**values)
+
+
+# -- Tx operations ----------------------------------------------------------------------------------------
+
+
+def test_environments_round_trip_and_groups(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        for e in (env("b", "L1", "L2", slots=3), env("a", "L1"), env("c", "L2"), env("d"), env("e", "L3")):
+            tx.save_environment(e)
+
+    opened.tx(fill)
+    envs = opened.tx(lambda tx: tx.environments())
+    assert [e.name for e in envs] == ["a", "b", "c", "d", "e"]
+    assert opened.tx(lambda tx: tx.environment("b")) == env("b", "L1", "L2", slots=3)
+    assert opened.tx(lambda tx: tx.environment("nope")) is None
+    names = lambda es: [e.name for e in es]  # noqa: E731
+    assert names(opened.tx(lambda tx: tx.group(["a"], []))) == ["a", "b", "c"]
+    assert names(opened.tx(lambda tx: tx.group([], ["L2"]))) == ["a", "b", "c"]
+    assert names(opened.tx(lambda tx: tx.group(["d"], []))) == ["d"]
+    assert names(opened.tx(lambda tx: tx.group(["d", "e"], ["nope"]))) == ["d", "e"]
+    assert opened.tx(lambda tx: tx.group(["ghost"], ["nope"])) == []
+    changed = Environment(name="b", slots=1, labels=(), maintenance=True, note="n", auto=True, updated_at=5.0)
+    opened.tx(lambda tx: tx.save_environment(changed))
+    assert opened.tx(lambda tx: tx.environment("b")) == changed
+    assert names(opened.tx(lambda tx: tx.group(["a"], []))) == ["a"]
+    opened.tx(lambda tx: tx.delete_environment("a"))
+    assert names(opened.tx(lambda tx: tx.environments())) == ["b", "c", "d", "e"]
+
+
+def test_leases(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        tx.save_environment(env("a"))
+        tx.insert_lease(lease("l1", "a", 1, acquired_at=100.0, key="ci"))
+        tx.insert_lease(lease("l2", "a", 2, acquired_at=50.0, key="other"))
+        tx.insert_lease(lease("l3", "b", 3))
+
+    opened.tx(fill)
+    assert opened.tx(lambda tx: tx.lease("l1")) == lease("l1", "a", 1)
+    assert opened.tx(lambda tx: tx.lease("nope")) is None
+    assert [x.id for x in opened.tx(lambda tx: tx.live_leases(["a"]))] == ["l2", "l1"]
+    assert [x.id for x in opened.tx(lambda tx: tx.live_leases(["a", "b"]))] == ["l2", "l1", "l3"]
+    assert opened.tx(lambda tx: tx.live_leases([])) == []
+    assert _id(opened.tx(lambda tx: tx.oldest_live_lease("a", None))) == "l2"
+    assert _id(opened.tx(lambda tx: tx.oldest_live_lease("a", "ci"))) == "l1"
+    assert opened.tx(lambda tx: tx.oldest_live_lease("a", "nobody")) is None
+
+    def end(tx: Tx) -> None:
+        x = tx.lease("l2")
+        assert x is not None
+        x.state, x.ended_at, x.expires_at, x.ttl, x.collect_by = "released", 120.0, 180.0, 90, 130.0
+        tx.update_lease(x)
+
+    opened.tx(end)
+    ended = opened.tx(lambda tx: tx.lease("l2"))
+    assert ended is not None
+    assert (ended.state, ended.ended_at, ended.expires_at, ended.ttl, ended.collect_by) == (
+        "released", 120.0, 180.0, 90, 130.0,
+    )  # fmt: skip
+    assert [x.id for x in opened.tx(lambda tx: tx.live_leases(["a"]))] == ["l1"]
+
+
+def _id(value: Lease | None) -> str | None:
+    return value.id if value is not None else None
+
+
+def test_tickets(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        tx.insert_ticket(ticket("t3", 3, "a", request_id="r3"))
+        tx.insert_ticket(ticket("t1", 1, None, "L", metadata={"x": "y"}))
+        tx.insert_ticket(ticket("t2", 2, "b"))
+        tx.insert_ticket(ticket("t4", 4, "a", state="left", ended_at=10.0))
+
+    opened.tx(fill)
+    assert opened.tx(lambda tx: tx.ticket("t1")) == ticket("t1", 1, None, "L", metadata={"x": "y"})
+    assert opened.tx(lambda tx: tx.ticket("nope")) is None
+    assert _tid(opened.tx(lambda tx: tx.ticket_by_request("ci", "r3"))) == "t3"
+    assert opened.tx(lambda tx: tx.ticket_by_request("other", "r3")) is None
+    waiting = lambda envs, labels: [t.id for t in opened.tx(lambda tx: tx.waiting_tickets(envs, labels))]  # noqa: E731
+    assert waiting(["a"], ["L"]) == ["t1", "t3"]
+    assert waiting(["a", "b"], []) == ["t2", "t3"]
+    assert waiting([], []) == []
+
+    def grant(tx: Tx) -> None:
+        t = tx.ticket("t3")
+        assert t is not None
+        t.state, t.lease_id, t.seen_at = "granted", "l9", 150.0
+        tx.update_ticket(t)
+
+    opened.tx(grant)
+    t3 = opened.tx(lambda tx: tx.ticket("t3"))
+    assert t3 is not None
+    assert (t3.state, t3.lease_id, t3.seen_at) == ("granted", "l9", 150.0)
+    assert waiting(["a"], ["L"]) == ["t1"]
+    # prune forgets ended tickets older than the cut, with their request ids.
+    opened.tx(lambda tx: tx.prune(20.0))
+    assert opened.tx(lambda tx: tx.ticket("t4")) is None
+    assert opened.tx(lambda tx: tx.ticket("t3")) is not None
+
+
+def _tid(value: Ticket | None) -> str | None:
+    return value.id if value is not None else None
+
+
+def test_due(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        tx.insert_lease(lease("l1", "a", 1, acquired_at=0.0))  # expires at 60
+        tx.insert_lease(lease("l2", "b", 2, acquired_at=100.0))
+        x = lease("l3", "c", 3, acquired_at=100.0)
+        x.collect_by = 110.0
+        tx.insert_lease(x)
+        tx.insert_ticket(ticket("t1", 1, None, "L", seen_at=50.0))
+        tx.insert_ticket(ticket("t2", 2, "d", seen_at=50.0))
+        tx.insert_ticket(ticket("t3", 3, "e", seen_at=95.0))
+
+    opened.tx(fill)
+    assert opened.tx(lambda tx: tx.due(120.0, 30.0)) == (["a", "c", "d"], ["L"])
+    assert opened.tx(lambda tx: tx.due(59.0, 30.0)) == ([], [])
+
+
+def test_events(opened: Opened) -> None:
+    def add(tx: Tx) -> list[int]:
+        return [
+            tx.add_event(Event(at=float(i), kind="acquired", environment="a" if i % 2 else "b", seq=i, fence=i))
+            for i in range(1, 6)
+        ]
+
+    ids = opened.tx(add)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+    newest = opened.tx(lambda tx: tx.events(None, 3))
+    assert [e.id for e in newest] == ids[::-1][:3]
+    assert newest[0] == Event(at=5.0, kind="acquired", environment="a", seq=5, fence=5, id=ids[4])
+    assert [e.seq for e in opened.tx(lambda tx: tx.events("a", 100))] == [5, 3, 1]
+    assert [e.id for e in opened.tx(lambda tx: tx.events_after(ids[1], 2))] == ids[2:4]
+
+
+def test_counters_grow_across_reopen(opened: Opened) -> None:
+    fences = [opened.tx(lambda tx: tx.next_fence()) for _ in range(3)]
+    seqs = [opened.tx(lambda tx: tx.next_seq()) for _ in range(3)]
+    assert fences == sorted(set(fences))
+    assert seqs == sorted(set(seqs))
+    opened.reopen()
+    assert opened.tx(lambda tx: tx.next_fence()) > fences[-1]
+    assert opened.tx(lambda tx: tx.next_seq()) > seqs[-1]
+
+
+def test_clock_is_near_the_wall_and_moves(opened: Opened) -> None:
+    first = opened.tx(lambda tx: tx.now())
+    assert abs(first - time.time()) < 5
+    time.sleep(0.01)
+    assert opened.tx(lambda tx: tx.now()) > first
+    assert abs(opened.store.started_at - time.time()) < 60
+    assert opened.run(opened.store.ping())
+
+
+# -- atomicity and durability -----------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_an_error_in_the_operation_rolls_everything_back(opened: Opened) -> None:
+    def half(tx: Tx) -> None:
+        tx.save_environment(env("a"))
+        tx.insert_lease(lease("l1", "a", 1))
+        tx.insert_ticket(ticket("t1", 1, "a"))
+        tx.add_event(Event(at=1.0, kind="acquired", environment="a"))
+        raise Boom
+
+    with pytest.raises(Boom):
+        opened.tx(half)
+    assert opened.tx(lambda tx: (tx.environments(), tx.lease("l1"), tx.ticket("t1"), tx.events(None, 10))) == (
+        [], None, None, [],
+    )  # fmt: skip
+    # The store is still usable afterwards.
+    opened.tx(lambda tx: tx.save_environment(env("a")))
+    assert [e.name for e in opened.tx(lambda tx: tx.environments())] == ["a"]
+
+
+def test_a_database_error_is_a_store_error_and_rolls_back(opened: Opened) -> None:
+    def duplicate(tx: Tx) -> None:
+        tx.save_environment(env("a"))
+        tx.insert_lease(lease("l1", "a", 1))
+        tx.insert_lease(lease("l1", "a", 2))  # the same id twice
+
+    with pytest.raises(StoreError):
+        opened.tx(duplicate)
+    assert opened.tx(lambda tx: tx.environments()) == []
+
+
+def test_committed_writes_survive_a_reopen(opened: Opened) -> None:
+    def fill(tx: Tx) -> int:
+        tx.save_environment(env("a", "L"))
+        tx.insert_lease(lease("l1", "a", tx.next_fence()))
+        tx.insert_ticket(ticket("t1", tx.next_seq(), None, "L"))
+        return tx.add_event(Event(at=1.0, kind="acquired", environment="a", lease="l1"))
+
+    event_id = opened.tx(fill)
+    opened.reopen()
+    assert opened.tx(lambda tx: tx.environment("a")) == env("a", "L")
+    assert _id(opened.tx(lambda tx: tx.lease("l1"))) == "l1"
+    assert _tid(opened.tx(lambda tx: tx.ticket("t1"))) == "t1"
+    assert [e.id for e in opened.tx(lambda tx: tx.events(None, 10))] == [event_id]
+
+
+# -- concurrency: group locking -----------------------------------------------------------------------------
+
+
+def _gather(opened: Opened, fns: list[Callable[[Tx], T]]) -> list[T]:
+    async def all_at_once() -> list[T]:
+        return list(await asyncio.gather(*(opened.store.transact(fn) for fn in fns)))
+
+    return opened.run(all_at_once())
+
+
+def test_decisions_on_one_group_never_interleave(opened: Opened) -> None:
+    """Read-modify-write through group() from different entry points (a name, a label): no lost update."""
+    opened.tx(lambda tx: [tx.save_environment(e) for e in (env("a", "L"), env("b", "L", "M"), env("c", "M"))])
+
+    def bump(names: list[str], labels: list[str]) -> Callable[[Tx], None]:
+        def fn(tx: Tx) -> None:
+            group = tx.group(names, labels)
+            assert [e.name for e in group] == ["a", "b", "c"]
+            time.sleep(0.002)  # widen the window between the read and the write
+            for e in group:
+                tx.save_environment(Environment(**{**e.__dict__, "slots": e.slots + 1}))
+
+        return fn
+
+    entries: list[tuple[list[str], list[str]]] = [(["a"], []), ([], ["M"]), (["c"], ["L"]), (["b"], [])]
+    _gather(opened, [bump(*entries[i % 4]) for i in range(40)])
+    assert [e.slots for e in opened.tx(lambda tx: tx.environments())] == [41, 41, 41]
+
+
+def test_an_environment_is_created_once_by_racing_operations(opened: Opened) -> None:
+    def create(tx: Tx) -> bool:
+        if tx.environment("x") is not None:
+            return False
+        time.sleep(0.002)
+        tx.save_environment(Environment(name="x", auto=True))
+        tx.add_event(Event(at=tx.now(), kind="environment_changed", environment="x", detail="created"))
+        return True
+
+    assert sum(_gather(opened, [create] * 20)) == 1
+    assert len(opened.tx(lambda tx: tx.events("x", 100))) == 1
+
+
+def test_a_request_id_is_taken_once_by_racing_operations(opened: Opened) -> None:
+    def take(i: int) -> Callable[[Tx], str]:
+        def fn(tx: Tx) -> str:
+            found = tx.ticket_by_request("ci", "r1")
+            if found is not None:
+                return found.id
+            time.sleep(0.002)
+            tx.insert_ticket(ticket(f"t{i}", tx.next_seq(), "a", request_id="r1"))
+            return f"t{i}"
+
+        return fn
+
+    assert len(set(_gather(opened, [take(i) for i in range(10)]))) == 1
+
+
+def test_a_row_read_before_its_lock_is_not_written_back_stale(opened: Opened) -> None:
+    """Leave-like operations read a ticket, then lock: a change made meanwhile is never overwritten."""
+    opened.tx(lambda tx: (tx.save_environment(env("a")), tx.insert_ticket(ticket("t1", 1, "a"))))
+
+    def touch(i: int) -> Callable[[Tx], None]:
+        def fn(tx: Tx) -> None:
+            t = tx.ticket("t1")
+            assert t is not None
+            time.sleep(0.002)
+            tx.group(["a"], [])
+            t.seen_at += 1
+            tx.update_ticket(t)
+
+        return fn
+
+    _gather(opened, [touch(i) for i in range(20)])
+    t1 = opened.tx(lambda tx: tx.ticket("t1"))
+    assert t1 is not None
+    assert t1.seen_at == 120.0
+
+
+# -- migrations ---------------------------------------------------------------------------------------------
+
+
+def test_a_sqlite_database_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for statement in statements(MIGRATIONS[0].sqlite):
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    _fill_v1(conn.execute)
+    conn.close()
+    _check_migrated(Opened("sqlite", lambda: SQLiteStore(path, Clock())))
+    version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+
+
+def test_a_postgres_database_of_schema_version_1_is_migrated(postgres: PostgresServer) -> None:
+    url = postgres.create_database(empty=True)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for statement in statements(MIGRATIONS[0].postgres):
+                conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+            _fill_v1(lambda sql, params=(): conn.execute(sql.replace("?", "%s"), params))
+        _check_migrated(Opened("postgres", lambda: PostgresStore(url)))
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            assert row == (str(SCHEMA_VERSION),)
+    finally:
+        postgres.drop_database(url)
+
+
+def _fill_v1(execute: Callable[..., Any]) -> None:
+    execute("UPDATE counters SET value = 41 WHERE name = 'fence'")
+    execute("UPDATE counters SET value = 17 WHERE name = 'seq'")
+    execute(
+        "INSERT INTO environments VALUES (?, 1, '[\"L\"]', 'old', '{}', ?, NULL, ?, 1.0, 2.0)", ("uat", False, False)
+    )
+    execute(
+        "INSERT INTO leases VALUES ('l1', 'uat', 'k_x', 'me', '{}', 41, 60, 1.0, 61.0, 1.0, 'ci', 'active', "
+        "NULL, NULL, NULL, NULL)"
+    )
+
+
+def _check_migrated(opened: Opened) -> None:
+    try:
+        assert opened.tx(lambda tx: tx.environment("uat")) == Environment(
+            name="uat", labels=("L",), description="old", created_at=1.0, updated_at=2.0
+        )
+        assert _id(opened.tx(lambda tx: tx.lease("l1"))) == "l1"
+        assert opened.tx(lambda tx: tx.next_fence()) == 42
+        assert opened.tx(lambda tx: tx.next_seq()) == 18
+        opened.reopen()  # migrating again is a no-op
+        assert opened.tx(lambda tx: tx.next_fence()) == 43
+    finally:
+        opened.close()
+
+
+def test_replicas_starting_at_once_migrate_once(postgres: PostgresServer) -> None:
+    url = postgres.create_database(empty=True)
+    try:
+        errors: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                Opened("postgres", lambda: PostgresStore(url, listen=False)).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+    finally:
+        postgres.drop_database(url)
+
+
+# -- PostgreSQL only: replicas, wake-ups, lost connections --------------------------------------------------
+
+
+def test_a_commit_on_one_replica_reaches_the_others(pg_url: str) -> None:
+    a, b = Opened("postgres", lambda: PostgresStore(pg_url)), Opened("postgres", lambda: PostgresStore(pg_url))
+    try:
+        heard: list[tuple[list[str], list[Event]]] = []
+        b.store.subscribe(lambda tickets, events: heard.append((list(tickets), list(events))))
+        a.store.subscribe(lambda tickets, events: heard.append((["from a itself?"], [])))
+        time.sleep(0.3)  # b's LISTEN connection is up
+
+        def grant(tx: Tx) -> int:
+            tx.insert_ticket(ticket("t1", 1, "a"))
+            t = tx.ticket("t1")
+            assert t is not None
+            t.state = "granted"
+            tx.update_ticket(t)
+            return tx.add_event(Event(at=1.0, kind="acquired", environment="a", seq=1))
+
+        event_id = a.tx(grant)
+        with pytest.raises(Boom):
+            a.tx(lambda tx: (tx.add_event(Event(at=1.0, kind="acquired", environment="z")), _raise()))
+        deadline = time.monotonic() + 5
+        while len(heard) < 2 and time.monotonic() < deadline:
+            b.run(asyncio.sleep(0.02))
+        b.run(asyncio.sleep(0.3))
+        assert heard == [(["t1"], []), ([], [Event(at=1.0, kind="acquired", environment="a", seq=1, id=event_id)])]
+    finally:
+        a.close()
+        b.close()
+
+
+def _raise() -> None:
+    raise Boom
+
+
+def test_lost_connections_are_replaced(pg_url: str, postgres: PostgresServer) -> None:
+    opened = Opened("postgres", lambda: PostgresStore(pg_url, listen=False))
+    try:
+        opened.tx(lambda tx: tx.save_environment(env("a")))
+        with psycopg.connect(postgres.admin_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (pg_url.rpartition("/")[2],),
+            )
+        assert [e.name for e in opened.tx(lambda tx: tx.environments())] == ["a"]
+    finally:
+        opened.close()
+
+
+def test_an_unreachable_database_is_a_store_error() -> None:
+    opened_loop = asyncio.new_event_loop()
+    store = PostgresStore("postgresql://nobody:secret@127.0.0.1:1/none", listen=False)
+    try:
+        with pytest.raises(StoreError) as raised:
+            opened_loop.run_until_complete(store.open())
+        assert "secret" not in str(raised.value)
+        assert not opened_loop.run_until_complete(store.ping())
+    finally:
+        opened_loop.run_until_complete(store.close())
+        opened_loop.close()
+
+
+def test_redact() -> None:
+    assert redact("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql://h/db?password=pw&x=1") == "postgresql://h/db?password=***&x=1"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_the_settings_select_the_store() -> None:
+    settings = load({"API_KEY": "k" * 8, "CALL_ME_DATABASE": "postgresql://u:pw@h/db", "CALL_ME_PG_LISTEN": "false"})
+    assert "pw" not in repr(settings)
+    store = for_database(settings.database, Clock(), listen=settings.pg_listen)
+    assert isinstance(store, PostgresStore)
+    assert (store.listen, store.recheck_interval) == (False, 0.5)
+    assert "pw" not in repr(store)
+    assert isinstance(for_database("call-me.db", Clock()), SQLiteStore)
+    assert for_database("call-me.db", Clock()).recheck_interval is None
+    with pytest.raises(ConfigError, match="CALL_ME_PG_LISTEN"):
+        load({"API_KEY": "k" * 8, "CALL_ME_PG_LISTEN": "maybe"})
