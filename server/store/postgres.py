@@ -75,6 +75,21 @@ from ..constants import (
 from ..model import Environment, Event, Lease, Ticket
 from .base import StoreError, connected
 from .migrations import MIGRATIONS, statements
+from .rows import (
+    ENV_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    LEASE_COLUMNS,
+    TICKET_COLUMNS,
+    dump,
+    env_from,
+    event_from,
+    event_values,
+    lease_from,
+    lease_values,
+    ticket_from,
+    ticket_values,
+)
 
 log = logging.getLogger("callme.store")
 T = TypeVar("T")
@@ -86,16 +101,6 @@ _GROUP_ROUNDS = 20
 _NOTIFY_CHUNK = 100  # ids per NOTIFY: well under PostgreSQL's 8000-byte payload limit
 _UNSEEN = object()
 
-_LEASE_COLUMNS = (
-    "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
-    "key_name, state, ended_at, ticket_id, seq, collect_by"
-)
-_TICKET_COLUMNS = (
-    "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
-    "request_id, state, lease_id, ended_at"
-)
-_ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
-_EVENT_COLUMNS = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
 _BEGIN = (
     "SELECT extract(epoch FROM clock_timestamp())::float8 AS now, "
     "set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
@@ -117,33 +122,6 @@ def redact(url: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _env(row: DictRow) -> Environment:
-    return Environment(
-        name=row["name"],
-        slots=row["slots"],
-        labels=tuple(json.loads(row["labels"])),
-        description=row["description"],
-        properties=json.loads(row["properties"]),
-        maintenance=row["maintenance"],
-        note=row["note"],
-        auto=row["auto"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _lease(row: DictRow) -> Lease:
-    return Lease(**{**row, "metadata": json.loads(row["metadata"])})
-
-
-def _ticket(row: DictRow) -> Ticket:
-    return Ticket(**{**row, "metadata": json.loads(row["metadata"])})
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _lease_state(lease: Lease) -> tuple[Any, ...]:
@@ -188,15 +166,15 @@ class PostgresTx:
         return ticket
 
     def environments(self) -> list[Environment]:
-        rows = self._all(f"SELECT {_ENV_COLUMNS} FROM environments ORDER BY name")
-        return [self._seen_env(_env(r)) for r in rows]
+        rows = self._all(f"SELECT {ENV_COLUMNS} FROM environments ORDER BY name")
+        return [self._seen_env(env_from(r)) for r in rows]
 
     def environment(self, name: str) -> Environment | None:
-        row = self._one(f"SELECT {_ENV_COLUMNS} FROM environments WHERE name = %s", (name,))
+        row = self._one(f"SELECT {ENV_COLUMNS} FROM environments WHERE name = %s", (name,))
         if row is None:
             self._envs[name] = None
             return None
-        return self._seen_env(_env(row))
+        return self._seen_env(env_from(row))
 
     def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
         names, labels = list(names), list(labels)
@@ -221,9 +199,9 @@ class PostgresTx:
             raise _Conflict(f"environment {env.name} changed since it was read")
         values = (
             env.slots,
-            _dump(list(env.labels)),
+            dump(list(env.labels)),
             env.description,
-            _dump(env.properties),
+            dump(env.properties),
             env.maintenance,
             env.note,
             env.auto,
@@ -254,47 +232,30 @@ class PostgresTx:
         self._envs[name] = None
 
     def lease(self, lease_id: str) -> Lease | None:
-        row = self._one(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = %s", (lease_id,))
-        return self._seen_lease(_lease(row)) if row else None
+        row = self._one(f"SELECT {LEASE_COLUMNS} FROM leases WHERE id = %s", (lease_id,))
+        return self._seen_lease(lease_from(row)) if row else None
 
     def live_leases(self, environments: Sequence[str]) -> list[Lease]:
         rows = self._all(
-            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ANY(%s) "
+            f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ANY(%s) "
             "ORDER BY acquired_at, fence",
             (list(environments),),
         )
-        return [self._seen_lease(_lease(r)) for r in rows]
+        return [self._seen_lease(lease_from(r)) for r in rows]
 
     def oldest_live_lease(self, environment: str, key_name: str | None) -> Lease | None:
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = %s"
+        sql = f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = %s"
         params: list[Any] = [environment]
         if key_name is not None:
             sql += " AND key_name = %s"
             params.append(key_name)
         row = self._one(sql + " ORDER BY acquired_at, fence LIMIT 1", params)
-        return self._seen_lease(_lease(row)) if row else None
+        return self._seen_lease(lease_from(row)) if row else None
 
     def insert_lease(self, lease: Lease) -> None:
         self._conn.execute(
-            f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
-            (
-                lease.id,
-                lease.environment,
-                lease.token,
-                lease.holder,
-                _dump(lease.metadata),
-                lease.fence,
-                lease.ttl,
-                lease.acquired_at,
-                lease.expires_at,
-                lease.touched_at,
-                lease.key_name,
-                lease.state,
-                lease.ended_at,
-                lease.ticket_id,
-                lease.seq,
-                lease.collect_by,
-            ),
+            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
+            lease_values(lease),
         )
         self._seen_lease(lease)
 
@@ -316,44 +277,28 @@ class PostgresTx:
         self._seen_lease(lease)
 
     def ticket(self, ticket_id: str) -> Ticket | None:
-        row = self._one(f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = %s", (ticket_id,))
-        return self._seen_ticket(_ticket(row)) if row else None
+        row = self._one(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE id = %s", (ticket_id,))
+        return self._seen_ticket(ticket_from(row)) if row else None
 
     def ticket_by_request(self, key_name: str, request_id: str) -> Ticket | None:
         row = self._one(
-            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE key_name = %s AND request_id = %s",
+            f"SELECT {TICKET_COLUMNS} FROM tickets WHERE key_name = %s AND request_id = %s",
             (key_name, request_id),
         )
-        return self._seen_ticket(_ticket(row)) if row else None
+        return self._seen_ticket(ticket_from(row)) if row else None
 
     def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]:
         rows = self._all(
-            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
+            f"SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
             "AND (environment = ANY(%s) OR label = ANY(%s)) ORDER BY seq",
             (list(environments), list(labels)),
         )
-        return [self._seen_ticket(_ticket(r)) for r in rows]
+        return [self._seen_ticket(ticket_from(r)) for r in rows]
 
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
-            (
-                ticket.id,
-                ticket.seq,
-                ticket.key_name,
-                ticket.environment,
-                ticket.label,
-                ticket.holder,
-                ticket.ttl,
-                ticket.priority,
-                _dump(ticket.metadata),
-                ticket.enqueued_at,
-                ticket.seen_at,
-                ticket.request_id,
-                ticket.state,
-                ticket.lease_id,
-                ticket.ended_at,
-            ),
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
+            ticket_values(ticket),
         )
         self._seen_ticket(ticket)
 
@@ -386,19 +331,8 @@ class PostgresTx:
 
     def add_event(self, event: Event) -> int:
         row = self._one(
-            "INSERT INTO events (at, kind, environment, lease, seq, fence, holder, actor, detail) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-            (
-                event.at,
-                event.kind,
-                event.environment,
-                event.lease,
-                event.seq,
-                event.fence,
-                event.holder,
-                event.actor,
-                event.detail,
-            ),
+            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            event_values(event),
         )
         assert row is not None
         self.event_ids.append(int(row["id"]))
@@ -406,19 +340,19 @@ class PostgresTx:
 
     def events(self, environment: str | None, limit: int) -> list[Event]:
         if environment is None:
-            rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT %s", (limit,))
+            rows = self._all(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT %s", (limit,))
         else:
             rows = self._all(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE environment = %s ORDER BY id DESC LIMIT %s",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE environment = %s ORDER BY id DESC LIMIT %s",
                 (environment, limit),
             )
-        return [Event(**r) for r in rows]
+        return [event_from(r) for r in rows]
 
     def events_after(self, after: int, limit: int) -> list[Event]:
         # Ids are drawn at insert, so across unrelated environments one may commit after a higher one: a
         # resume by id can miss it. Live delivery across replicas goes by the ids each commit NOTIFYs.
-        rows = self._all(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
-        return [Event(**r) for r in rows]
+        rows = self._all(f"SELECT {EVENT_COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+        return [event_from(r) for r in rows]
 
     def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
         envs = self._all(
@@ -444,7 +378,7 @@ class PostgresTx:
                 "t": self.granted[i : i + _NOTIFY_CHUNK],
                 "e": self.event_ids[i : i + _NOTIFY_CHUNK],
             }
-            self._conn.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, _dump(payload)))
+            self._conn.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, dump(payload)))
 
 
 class PostgresStore:
@@ -674,9 +608,9 @@ class PostgresStore:
             self._call_hooks(tickets, [])
         if event_ids:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s) ORDER BY id", (event_ids,)
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s) ORDER BY id", (event_ids,)
             ).fetchall()
-            self._call_hooks([], [Event(**r) for r in rows])
+            self._call_hooks([], [event_from(r) for r in rows])
 
     def _call_hooks(self, tickets: Sequence[str], events: Sequence[Event]) -> None:
         loop = self._loop

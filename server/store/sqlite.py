@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -24,49 +23,23 @@ from ..constants import SCHEMA_VERSION
 from ..model import Environment, Event, Lease, Ticket
 from .base import StoreError, StoreLocked, connected
 from .migrations import MIGRATIONS, statements
+from .rows import (
+    ENV_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    LEASE_COLUMNS,
+    TICKET_COLUMNS,
+    env_from,
+    env_values,
+    event_from,
+    event_values,
+    lease_from,
+    lease_values,
+    ticket_from,
+    ticket_values,
+)
 
 T = TypeVar("T")
-
-_LEASE_COLUMNS = (
-    "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
-    "key_name, state, ended_at, ticket_id, seq, collect_by"
-)
-_TICKET_COLUMNS = (
-    "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
-    "request_id, state, lease_id, ended_at"
-)
-_ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
-
-
-def _env(row: sqlite3.Row) -> Environment:
-    return Environment(
-        name=row["name"],
-        slots=row["slots"],
-        labels=tuple(json.loads(row["labels"])),
-        description=row["description"],
-        properties=json.loads(row["properties"]),
-        maintenance=bool(row["maintenance"]),
-        note=row["note"],
-        auto=bool(row["auto"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _lease(row: sqlite3.Row) -> Lease:
-    values = dict(row)
-    values["metadata"] = json.loads(values["metadata"])
-    return Lease(**values)
-
-
-def _ticket(row: sqlite3.Row) -> Ticket:
-    values = dict(row)
-    values["metadata"] = json.loads(values["metadata"])
-    return Ticket(**values)
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 class SQLiteTx:
@@ -85,11 +58,11 @@ class SQLiteTx:
         return row
 
     def environments(self) -> list[Environment]:
-        return [_env(r) for r in self._all(f"SELECT {_ENV_COLUMNS} FROM environments ORDER BY name")]
+        return [env_from(r) for r in self._all(f"SELECT {ENV_COLUMNS} FROM environments ORDER BY name")]
 
     def environment(self, name: str) -> Environment | None:
-        row = self._one(f"SELECT {_ENV_COLUMNS} FROM environments WHERE name = ?", (name,))
-        return _env(row) if row else None
+        row = self._one(f"SELECT {ENV_COLUMNS} FROM environments WHERE name = ?", (name,))
+        return env_from(row) if row else None
 
     def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
         # The whole database is locked by BEGIN IMMEDIATE; the group only bounds what is decided.
@@ -98,65 +71,34 @@ class SQLiteTx:
 
     def save_environment(self, env: Environment) -> None:
         self._conn.execute(
-            f"INSERT OR REPLACE INTO environments ({_ENV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                env.name,
-                env.slots,
-                _dump(list(env.labels)),
-                env.description,
-                _dump(env.properties),
-                int(env.maintenance),
-                env.note,
-                int(env.auto),
-                env.created_at,
-                env.updated_at,
-            ),
+            f"INSERT OR REPLACE INTO environments ({ENV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            env_values(env, flags=int),
         )
 
     def delete_environment(self, name: str) -> None:
         self._conn.execute("DELETE FROM environments WHERE name = ?", (name,))
 
     def lease(self, lease_id: str) -> Lease | None:
-        row = self._one(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = ?", (lease_id,))
-        return _lease(row) if row else None
+        row = self._one(f"SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?", (lease_id,))
+        return lease_from(row) if row else None
 
     def live_leases(self, environments: Sequence[str]) -> list[Lease]:
         marks = ",".join("?" * len(environments))
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment IN ({marks})"
-        return [_lease(r) for r in self._all(sql + " ORDER BY acquired_at, fence", environments)]
+        sql = f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment IN ({marks})"
+        return [lease_from(r) for r in self._all(sql + " ORDER BY acquired_at, fence", environments)]
 
     def oldest_live_lease(self, environment: str, key_name: str | None) -> Lease | None:
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ?"
+        sql = f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ?"
         params: list[Any] = [environment]
         if key_name is not None:
             sql += " AND key_name = ?"
             params.append(key_name)
         row = self._one(sql + " ORDER BY acquired_at, fence LIMIT 1", params)
-        return _lease(row) if row else None
-
-    def _lease_values(self, lease: Lease) -> tuple[Any, ...]:
-        return (
-            lease.id,
-            lease.environment,
-            lease.token,
-            lease.holder,
-            _dump(lease.metadata),
-            lease.fence,
-            lease.ttl,
-            lease.acquired_at,
-            lease.expires_at,
-            lease.touched_at,
-            lease.key_name,
-            lease.state,
-            lease.ended_at,
-            lease.ticket_id,
-            lease.seq,
-            lease.collect_by,
-        )
+        return lease_from(row) if row else None
 
     def insert_lease(self, lease: Lease) -> None:
         marks = ",".join("?" * 16)
-        self._conn.execute(f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES ({marks})", self._lease_values(lease))
+        self._conn.execute(f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({marks})", lease_values(lease))
 
     def update_lease(self, lease: Lease) -> None:
         self._conn.execute(
@@ -174,45 +116,29 @@ class SQLiteTx:
         )
 
     def ticket(self, ticket_id: str) -> Ticket | None:
-        row = self._one(f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,))
-        return _ticket(row) if row else None
+        row = self._one(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,))
+        return ticket_from(row) if row else None
 
     def ticket_by_request(self, key_name: str, request_id: str) -> Ticket | None:
         row = self._one(
-            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE key_name = ? AND request_id = ?",
+            f"SELECT {TICKET_COLUMNS} FROM tickets WHERE key_name = ? AND request_id = ?",
             (key_name, request_id),
         )
-        return _ticket(row) if row else None
+        return ticket_from(row) if row else None
 
     def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]:
         envs = ",".join("?" * len(environments))
         labs = ",".join("?" * len(labels))
         sql = (
-            f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
+            f"SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
             f"AND (environment IN ({envs}) OR label IN ({labs})) ORDER BY seq"
         )
-        return [_ticket(r) for r in self._all(sql, [*environments, *labels])]
+        return [ticket_from(r) for r in self._all(sql, [*environments, *labels])]
 
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                ticket.id,
-                ticket.seq,
-                ticket.key_name,
-                ticket.environment,
-                ticket.label,
-                ticket.holder,
-                ticket.ttl,
-                ticket.priority,
-                _dump(ticket.metadata),
-                ticket.enqueued_at,
-                ticket.seen_at,
-                ticket.request_id,
-                ticket.state,
-                ticket.lease_id,
-                ticket.ended_at,
-            ),
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ticket_values(ticket),
         )
 
     def update_ticket(self, ticket: Ticket) -> None:
@@ -234,38 +160,24 @@ class SQLiteTx:
 
     def add_event(self, event: Event) -> int:
         cursor = self._conn.execute(
-            "INSERT INTO events (at, kind, environment, lease, seq, fence, holder, actor, detail) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                event.at,
-                event.kind,
-                event.environment,
-                event.lease,
-                event.seq,
-                event.fence,
-                event.holder,
-                event.actor,
-                event.detail,
-            ),
+            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", event_values(event)
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def events(self, environment: str | None, limit: int) -> list[Event]:
-        columns = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
         if environment is None:
-            rows = self._all(f"SELECT {columns} FROM events ORDER BY id DESC LIMIT ?", (limit,))
+            rows = self._all(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,))
         else:
             rows = self._all(
-                f"SELECT {columns} FROM events WHERE environment = ? ORDER BY id DESC LIMIT ?",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE environment = ? ORDER BY id DESC LIMIT ?",
                 (environment, limit),
             )
-        return [Event(**dict(r)) for r in rows]
+        return [event_from(r) for r in rows]
 
     def events_after(self, after: int, limit: int) -> list[Event]:
-        columns = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
-        rows = self._all(f"SELECT {columns} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
-        return [Event(**dict(r)) for r in rows]
+        rows = self._all(f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        return [event_from(r) for r in rows]
 
     def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
         envs = self._all(

@@ -1,0 +1,127 @@
+"""How records map to table rows, shared by every store so a column is named in one place."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..model import Environment, Event, Lease, Ticket
+
+LEASE_COLUMNS = (
+    "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
+    "key_name, state, ended_at, ticket_id, seq, collect_by"
+)
+TICKET_COLUMNS = (
+    "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
+    "request_id, state, lease_id, ended_at"
+)
+ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
+EVENT_COLUMNS = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
+# The columns an INSERT of an event names (its id is the store's to give).
+EVENT_INSERT_COLUMNS = "at, kind, environment, lease, seq, fence, holder, actor, detail"
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def env_from(row: Any) -> Environment:
+    """An environment from a row (any mapping of column names: sqlite3.Row, a psycopg dict row)."""
+    values = dict(row)
+    return Environment(
+        **{
+            **values,
+            "labels": tuple(json.loads(values["labels"])),
+            "properties": json.loads(values["properties"]),
+            "maintenance": bool(values["maintenance"]),
+            "auto": bool(values["auto"]),
+        }
+    )
+
+
+def lease_from(row: Any) -> Lease:
+    values = dict(row)
+    return Lease(**{**values, "metadata": json.loads(values["metadata"])})
+
+
+def ticket_from(row: Any) -> Ticket:
+    values = dict(row)
+    return Ticket(**{**values, "metadata": json.loads(values["metadata"])})
+
+
+def event_from(row: Any) -> Event:
+    return Event(**dict(row))
+
+
+def env_values(env: Environment, *, flags: type = bool) -> tuple[Any, ...]:
+    """The values of ENV_COLUMNS; `flags` is how the store keeps booleans (SQLite: int)."""
+    return (
+        env.name,
+        env.slots,
+        dump(list(env.labels)),
+        env.description,
+        dump(env.properties),
+        flags(env.maintenance),
+        env.note,
+        flags(env.auto),
+        env.created_at,
+        env.updated_at,
+    )
+
+
+def lease_values(lease: Lease) -> tuple[Any, ...]:
+    """The values of LEASE_COLUMNS."""
+    return (
+        lease.id,
+        lease.environment,
+        lease.token,
+        lease.holder,
+        dump(lease.metadata),
+        lease.fence,
+        lease.ttl,
+        lease.acquired_at,
+        lease.expires_at,
+        lease.touched_at,
+        lease.key_name,
+        lease.state,
+        lease.ended_at,
+        lease.ticket_id,
+        lease.seq,
+        lease.collect_by,
+    )
+
+
+def ticket_values(ticket: Ticket) -> tuple[Any, ...]:
+    """The values of TICKET_COLUMNS."""
+    return (
+        ticket.id,
+        ticket.seq,
+        ticket.key_name,
+        ticket.environment,
+        ticket.label,
+        ticket.holder,
+        ticket.ttl,
+        ticket.priority,
+        dump(ticket.metadata),
+        ticket.enqueued_at,
+        ticket.seen_at,
+        ticket.request_id,
+        ticket.state,
+        ticket.lease_id,
+        ticket.ended_at,
+    )
+
+
+def event_values(event: Event) -> tuple[Any, ...]:
+    """The values of EVENT_INSERT_COLUMNS."""
+    return (
+        event.at,
+        event.kind,
+        event.environment,
+        event.lease,
+        event.seq,
+        event.fence,
+        event.holder,
+        event.actor,
+        event.detail,
+    )
