@@ -162,7 +162,9 @@ async def signin(request: Request) -> Response:
     if principal is None:
         message = "That key is not known here. Check it (keys are case-sensitive) or ask an admin for one."
         return _page(request, "signin.html", 401, principal=None, message=message)
-    cookie, _ = live(request).sessions.create(principal)
+    sessions = live(request).sessions
+    sessions.end(request.cookies.get(SESSION_COOKIE))  # a sign-in never leaves an earlier session alive
+    cookie, _ = sessions.create(principal)
     response = RedirectResponse("/", status_code=303)
     _cookie(request, response, SESSION_COOKIE, cookie)
     response.delete_cookie(CSRF_COOKIE, path="/")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 from types import FrameType
 
@@ -15,7 +14,7 @@ from .clock import Clock
 from .errors import ConfigError
 from .settings import Settings, load
 from .store import for_database
-from .store.base import StoreError
+from .store.base import StoreError, redact
 
 log = logging.getLogger("callme.server")
 
@@ -74,8 +73,7 @@ def main() -> None:
         raise SystemExit(2) from None
     if settings.no_auth:
         log.warning("AUTHENTICATION IS OFF (CALL_ME_NO_AUTH): anyone who reaches this port is an admin")
-    database = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", settings.database)  # never log a password
-    log.info("starting on %s:%s with database %s", settings.host, settings.port, database)
+    log.info("starting on %s:%s with database %s", settings.host, settings.port, redact(settings.database))
     raise SystemExit(asyncio.run(_serve(settings)))
 
 

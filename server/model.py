@@ -29,7 +29,7 @@ class Environment:
 class Lease:
     id: str
     environment: str
-    token: str
+    token: str = field(repr=False)  # the holder's secret: never in a repr, a log line or an error
     holder: str
     metadata: JSONObject
     fence: int
@@ -53,7 +53,7 @@ class Lease:
 
 @dataclass
 class Ticket:
-    id: str
+    id: str = field(repr=False)  # the requester's secret: only `seq` is public
     seq: int
     key_name: str
     environment: str | None

@@ -8,8 +8,10 @@ commit later (group commit) without the service knowing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from ..model import Environment, Event, Lease, Ticket
 
@@ -109,3 +111,12 @@ def connected(start: Iterable[str], labels: Iterable[str], envs: Mapping[str, En
         for label in envs[name].labels:
             todo.extend(by_label[label])
     return sorted(seen)
+
+
+def redact(url: str) -> str:
+    """The database URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user.split(':', 1)[0]}:***@{host}", 1)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)

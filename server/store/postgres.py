@@ -48,14 +48,12 @@ import contextlib
 import json
 import logging
 import random
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -73,7 +71,7 @@ from ..constants import (
     SCHEMA_VERSION,
 )
 from ..model import Environment, Event, Lease, Ticket
-from .base import StoreError, connected
+from .base import StoreError, connected, redact
 from .migrations import MIGRATIONS, statements
 from .rows import (
     ENV_COLUMNS,
@@ -109,15 +107,6 @@ _BEGIN = (
 
 class _Conflict(Exception):
     """A row changed between this operation's read and its write: the operation runs again."""
-
-
-def redact(url: str) -> str:
-    """The database URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        user, _, host = parts.netloc.rpartition("@")
-        url = url.replace(parts.netloc, f"{user.split(':', 1)[0]}:***@{host}", 1)
-    return re.sub(r"(password=)[^&]*", r"\1***", url)
 
 
 def _reason(exc: BaseException) -> str:
