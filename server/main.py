@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -64,7 +65,48 @@ async def _serve(settings: Settings) -> int:
     return 0 if server.started else 1
 
 
-def main() -> None:
+_USAGE = """\
+Serve call-me: a lock server for shared test environments.
+
+Configured by environment variables (a bad value stops start-up with one line naming it):
+  PORT                   port to serve on (8000)
+  API_KEY                one admin key, as the original call-me had
+  CALL_ME_HOST           address to bind (0.0.0.0)
+  CALL_ME_DATABASE       a SQLite file (call-me.db) or a postgresql:// URL for several replicas
+  CALL_ME_CONFIG         a TOML file of keys (with roles) and environments
+  CALL_ME_DEFAULT_TTL, CALL_ME_MAX_TTL, CALL_ME_MAYBE_TTL   lease lengths (3600, 86400, 21600 s)
+  CALL_ME_MAX_WAIT       seconds a long-poll is held at most (25)
+  CALL_ME_TICKET_GRACE   seconds a waiter may be away between polls (60)
+  CALL_ME_AUTO_CREATE    create unknown environments on first request (true)
+  CALL_ME_NO_AUTH        run without keys, for local trials only (false)
+  CALL_ME_SSE_HEARTBEAT  seconds between heartbeats on /v1/events (15)
+  CALL_ME_PG_LISTEN      PostgreSQL: LISTEN/NOTIFY wake-ups, false to poll (true)
+
+Example: API_KEY=change-me-please call-me-server
+"""
+
+
+def _arguments(argv: list[str]) -> None:
+    """`--help` and `--version` answer and exit; anything else is a usage error (settings come from the
+    environment, so a stray argument is more likely a mistake than a wish)."""
+    parser = argparse.ArgumentParser(
+        prog="call-me-server", description=_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.parse_args(argv)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("call-me")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    _arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load()

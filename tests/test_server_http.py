@@ -351,3 +351,15 @@ def test_declared_environments_are_applied_at_start_up(tmp_path: Path) -> None:
 def test_healthz_and_readyz_need_no_key(server: ServerProcess) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_server_help_lists_the_settings_and_a_stray_argument_is_refused(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "callme.server.main"]
+    shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=20, cwd=tmp_path)
+    assert shown.returncode == 0
+    for setting in ("PORT", "API_KEY", "CALL_ME_DATABASE", "CALL_ME_TICKET_GRACE"):
+        assert setting in shown.stdout
+    refused = subprocess.run([*command, "--port", "80"], capture_output=True, text=True, timeout=20, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --port" in refused.stderr
+    assert not (tmp_path / "call-me.db").exists(), "nothing starts, nothing is created"
