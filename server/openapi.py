@@ -238,7 +238,7 @@ def _schemas() -> dict[str, Schema]:
                 "status": _integer(400, 599),
                 "detail": _string(),
                 "code": {"enum": list(PROBLEM_CODES)},
-                "field": _string(1, description="the field a 422 is about"),
+                "field": _string(description='the field a 422 is about, as sent (an unknown key may be "")'),
                 "holders": {"type": "array", "items": _ref("PublicLease"), "description": "with `busy`"},
             },
             required=("type", "title", "status", "detail", "code"),
