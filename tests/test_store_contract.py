@@ -321,6 +321,40 @@ def test_decisions_on_one_group_never_interleave(opened: Opened) -> None:
     assert [e.slots for e in opened.tx(lambda tx: tx.environments())] == [41, 41, 41]
 
 
+def test_event_ids_appear_in_commit_order(opened: Opened) -> None:
+    """A reader that has seen event N has seen every event before N (SSE resume by Last-Event-ID)."""
+    opened.tx(lambda tx: [tx.save_environment(e) for e in (env("p"), env("q"))])
+    a_inside = threading.Event()
+
+    def a(tx: Tx) -> None:
+        tx.group(["p"], [])
+        tx.add_event(Event(at=tx.now(), kind="released", environment="p"))
+        a_inside.set()
+        time.sleep(0.5)  # its event stays uncommitted while b, on another environment, goes ahead
+
+    def b(tx: Tx) -> None:
+        a_inside.wait(5)
+        tx.group(["q"], [])
+        tx.add_event(Event(at=tx.now(), kind="released", environment="q"))
+
+    seen: list[list[int]] = []
+
+    async def watch() -> None:
+        for _ in range(40):
+            events = await opened.store.transact(lambda tx: tx.events_after(0, 100))
+            seen.append([e.id or 0 for e in events])
+            await asyncio.sleep(0.02)
+
+    async def run() -> None:
+        await asyncio.gather(opened.store.transact(a), opened.store.transact(b), watch())
+
+    opened.run(run())
+    final = [e.id or 0 for e in opened.tx(lambda tx: tx.events_after(0, 100))]
+    assert len(final) == 2
+    for ids in seen:
+        assert ids == final[: len(ids)], f"saw {ids} of {final}"
+
+
 def test_an_environment_is_created_once_by_racing_operations(opened: Opened) -> None:
     def create(tx: Tx) -> bool:
         if tx.environment("x") is not None:

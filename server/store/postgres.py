@@ -95,6 +95,10 @@ Hook = Callable[[Sequence[str], Sequence[Event]], None]
 Connection = psycopg.Connection[DictRow]
 
 _MIGRATION_LOCK = 0x63616C6C6D65  # pg_advisory_xact_lock key ("callme"): one replica migrates at a time
+# Taken by a transaction just before its first event, held to its commit: event ids are then drawn in
+# commit order, so a reader that has seen id N has seen every event below N (SSE resume by id relies on
+# it). Events are the last writes of an operation, so the lock covers only the insert and the commit.
+_EVENTS_LOCK = 0x63616C6C6D66
 _GROUP_ROUNDS = 20
 _NOTIFY_CHUNK = 100  # ids per NOTIFY: well under PostgreSQL's 8000-byte payload limit
 _UNSEEN = object()
@@ -319,6 +323,8 @@ class PostgresTx:
         return self._next("ticket_seq")
 
     def add_event(self, event: Event) -> int:
+        if not self.event_ids:
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
         row = self._one(
             f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             event_values(event),
@@ -338,8 +344,7 @@ class PostgresTx:
         return [event_from(r) for r in rows]
 
     def events_after(self, after: int, limit: int) -> list[Event]:
-        # Ids are drawn at insert, so across unrelated environments one may commit after a higher one: a
-        # resume by id can miss it. Live delivery across replicas goes by the ids each commit NOTIFYs.
+        # Ids are drawn in commit order (see _EVENTS_LOCK), so nothing below `after` can still appear.
         rows = self._all(f"SELECT {EVENT_COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
         return [event_from(r) for r in rows]
 
