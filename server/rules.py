@@ -92,11 +92,5 @@ def position(envs: Sequence[Environment], waiting: Sequence[Ticket], ticket: Tic
 
 
 def positions(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, int]:
-    """Each waiting ticket's position: 1 + the fewest tickets ahead of it competing for one environment."""
-    ordered = sorted(waiting, key=order_key)
-    result: dict[str, int] = {}
-    for i, ticket in enumerate(ordered):
-        ahead = ordered[:i]
-        counts = [sum(1 for t in ahead if can_serve(e, t)) for e in envs if can_serve(e, ticket)]
-        result[ticket.id] = 1 + (min(counts) if counts else 0)
-    return result
+    """Every waiting ticket's position (see `position`)."""
+    return {ticket.id: position(envs, waiting, ticket) for ticket in waiting}
