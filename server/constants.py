@@ -44,6 +44,7 @@ PG_CONNECTIONS = 8
 PG_CONNECT_TIMEOUT = 5
 PG_LOCK_TIMEOUT = 10.0
 PG_RETRIES = 12
+PG_RETRY_BACKOFF_MAX = 0.1  # seconds; the longest pause between two attempts of a conflicting operation
 PG_RECHECK = 2.0
 PG_RECHECK_POLL_ONLY = 0.5
 PG_CHANNEL = "callme"

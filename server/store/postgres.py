@@ -68,6 +68,7 @@ from ..constants import (
     PG_RECHECK,
     PG_RECHECK_POLL_ONLY,
     PG_RETRIES,
+    PG_RETRY_BACKOFF_MAX,
     SCHEMA_VERSION,
 )
 from ..model import Environment, Event, Lease, Ticket
@@ -477,7 +478,9 @@ class PostgresStore:
                 conflicts += 1
                 if conflicts >= PG_RETRIES:
                     raise StoreError(f"gave up after {conflicts} conflicting attempts: {_reason(exc)}") from exc
-                time.sleep(random.uniform(0, 0.002 * conflicts))
+                # Exponential, jittered: with a linear step, a few replicas re-reading one row kept meeting
+                # and one of them could lose every attempt.
+                time.sleep(random.uniform(0, min(PG_RETRY_BACKOFF_MAX, 0.002 * 2**conflicts)))
                 continue
             except psycopg.Error as exc:
                 lost = conn.broken or conn.closed
