@@ -12,14 +12,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from . import openapi, render, routes_live, routes_maybe, routes_v1
 from .auth import Keyring
 from .clock import Clock
 from .constants import SWEEP_INTERVAL
 from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
-from .http import Parts, parts
+from .http import Parts, parts, route
 from .metrics import Metrics, RequestTimer, TimedStore
 from .service import Service
 from .settings import Settings
@@ -54,9 +53,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return render.problem(NotFound(f"no route {request.url.path}; see /openapi.json"))
     if exc.status_code == 405:
-        # Starlette names only the first matching route's methods; a path may have several routes.
-        matching = [r for r in request.app.routes if isinstance(r, Route) and r.path_regex.match(request.url.path)]
-        allowed = ", ".join(sorted({m for r in matching for m in r.methods or ()}))
+        # One route per path (http.route), so Starlette's Allow names every method of the path.
+        allowed = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()))
         response = render.problem(
             MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; use {allowed}")
         )
@@ -114,9 +112,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 await the_store.close()
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
+        route("/healthz", GET=healthz),
+        route("/readyz", GET=readyz),
+        route("/openapi.json", GET=openapi_json),
         *routes_v1.routes,
         *routes_maybe.routes,
         *routes_live.routes,

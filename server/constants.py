@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_SLOTS = 1000
@@ -36,6 +36,11 @@ DEFAULT_TICKET_GRACE = 60.0
 SWEEP_INTERVAL = 0.25
 # Ended tickets are kept this long so that a repeated request_id finds what it made (API.md: 24 h).
 REQUEST_ID_RETENTION = 48 * 3600
+PRUNE_INTERVAL = 3600  # seconds between two prunes of ended tickets by the background sweep
+# Event details that metrics read back: an `acquired` event that served a ticket after it waited in the queue,
+# and the `environment_changed` event of an environment created by a first request (tests/test_metrics.py).
+WAITED = "waited {:.3f} s in the queue"
+AUTO_CREATED = "created on first request"
 
 # PostgreSQL: connections (and worker threads) per replica, how long one statement may wait for a lock,
 # how often an operation is re-run after a serialization failure or deadlock, and how often a parked
@@ -44,7 +49,8 @@ PG_CONNECTIONS = 8
 PG_CONNECT_TIMEOUT = 5
 PG_LOCK_TIMEOUT = 10.0
 PG_RETRIES = 12
-PG_RETRY_BACKOFF_MAX = 0.1  # seconds; the longest pause between two attempts of a conflicting operation
+PG_RETRY_BACKOFF_FIRST = 0.004  # seconds; the longest pause after the first conflict, doubled after each ...
+PG_RETRY_BACKOFF_MAX = 0.1  # ... up to this; the pause itself is drawn at random below it
 PG_RECHECK = 2.0
 PG_RECHECK_POLL_ONLY = 0.5
 PG_CHANNEL = "callme"

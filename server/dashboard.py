@@ -16,13 +16,12 @@ from urllib.parse import parse_qs, quote
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from . import overview, validation
 from .auth import Keyring
 from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, UTILISATION_EVENTS
 from .errors import CallMeError, Forbidden, Invalid, NotFound
-from .http import body, parts
+from .http import body, parts, route
 from .live import live, require_viewer, session, viewer
 from .model import Principal
 from .render import event_json
@@ -255,14 +254,13 @@ async def hold(request: Request) -> Response:
 
 
 routes = [
-    Route("/", home, methods=["GET"]),
-    Route("/ui/live", fragment, methods=["GET"]),
-    Route("/ui/history", history, methods=["GET"]),
-    Route("/ui/static/{file}", static, methods=["GET"]),
-    Route("/signin", signin_page, methods=["GET"]),
-    Route("/signin", signin, methods=["POST"]),
-    Route("/signout", signout, methods=["POST"]),
-    Route("/ui/leases/{lease}/release", force_release, methods=["POST"]),
-    Route("/ui/environments/{name}", change_environment, methods=["POST"]),
-    Route("/ui/environments/{name}/hold", hold, methods=["POST"]),
+    route("/", GET=home),
+    route("/ui/live", GET=fragment),
+    route("/ui/history", GET=history),
+    route("/ui/static/{file}", GET=static),
+    route("/signin", GET=signin_page, POST=signin),
+    route("/signout", POST=signout),
+    route("/ui/leases/{lease}/release", POST=force_release),
+    route("/ui/environments/{name}", POST=change_environment),
+    route("/ui/environments/{name}/hold", POST=hold),
 ]

@@ -1,10 +1,13 @@
-"""Request helpers shared by the routes: the app's parts, bounded body reading, query flags."""
+"""Request helpers shared by the routes: the app's parts, one route per path, bounded body reading, query flags."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from .auth import Keyring
 from .constants import MAX_BODY_BYTES
@@ -23,6 +26,23 @@ class Parts:
 def parts(request: Request) -> Parts:
     found: Parts = request.app.state.parts
     return found
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def route(path: str, **handlers: Handler) -> Route:
+    """One Route for a path and all its methods (`GET=...`, `PUT=...`), so that Starlette's own 405 names
+    every method of the path in `Allow`; HEAD goes to the GET handler, as Starlette does for every GET."""
+    if len(handlers) == 1:
+        [(method, handler)] = handlers.items()
+        return Route(path, handler, methods=[method])
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    endpoint.__name__ = "_".join(handler.__name__ for handler in handlers.values())
+    return Route(path, endpoint, methods=list(handlers))
 
 
 async def body(request: Request) -> bytes:

@@ -19,10 +19,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .constants import AUTO_ENVIRONMENTS, LABEL_TICKETS
+from .constants import AUTO_CREATED, AUTO_ENVIRONMENTS, LABEL_TICKETS, WAITED
 from .events import RecentIds
 from .model import Event
-from .service import WAITED, EnvironmentView
+from .outcomes import EnvironmentView
 from .store.base import Store, Tx
 
 T = TypeVar("T")
@@ -30,7 +30,6 @@ T = TypeVar("T")
 _WAITED = re.compile(re.escape(WAITED).replace(r"\{:\.3f\}", r"([0-9.]+)"))
 _WAIT_BUCKETS = (0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
-_AUTO_CREATED = "created on first request"  # the detail of service.py's event (tests/test_metrics.py pins it)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _ENDINGS = {"released": "releases", "expired": "expiries", "revoked": "revocations"}
 
@@ -85,7 +84,7 @@ class Metrics:
         for event in filter(self._recent.first_time, events):
             self.events.labels(event.kind).inc()
             if event.kind == "environment_changed" and event.environment is not None:
-                if event.detail != _AUTO_CREATED:  # any other change is a PUT, which leaves it declared
+                if event.detail != AUTO_CREATED:  # any other change is a PUT, which leaves it declared
                     self.declared.add(event.environment)
                 continue
             env = self._env(event.environment)

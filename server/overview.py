@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from .constants import UTILISATION_WINDOW
 from .model import Event, JSONObject, Lease
+from .outcomes import EnvironmentView
 from .render import timestamp
-from .service import EnvironmentView
 
 _RUN_KEYS = ("run_url", "url", "job_url")
 _ENDED = ("released", "expired", "revoked")

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .errors import CallMeError
 from .model import Environment, Event, Lease
-from .service import EnvironmentView, Granted, Queued
+from .outcomes import EnvironmentView, Granted, Queued
 from .validation import property_variable
 
 

@@ -8,12 +8,11 @@ import logging
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from . import dashboard, events
 from .errors import CallMeError
 from .events import EventHub
-from .http import parts
+from .http import parts, route
 from .live import Live, live, require_viewer
 from .metrics import Metrics
 from .service import Service
@@ -53,7 +52,7 @@ def attach(app: Starlette, service: Service, settings: Settings, metrics: Metric
 
 
 routes = [
-    Route("/v1/events", event_stream, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
+    route("/v1/events", GET=event_stream),
+    route("/metrics", GET=metrics),
     *dashboard.routes,
 ]

@@ -39,4 +39,5 @@ async def maybe(request: Request) -> Response:
         return Response(status_code=403 if exc.status == 409 else exc.status)
 
 
+# One handler for the three methods: they share the key check and the environment's validation.
 routes = [Route("/maybe", maybe, methods=["GET", "POST", "DELETE"])]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from . import render, validation
 from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .errors import Invalid
-from .http import body, flag, parts
-from .service import Granted
+from .http import body, flag, parts, route
+from .outcomes import Granted
 
 
 async def acquire(request: Request) -> Response:
@@ -106,14 +105,11 @@ async def history(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/leases", acquire, methods=["POST"]),
-    Route("/v1/leases/{lease}", get_lease, methods=["GET"]),
-    Route("/v1/leases/{lease}", release, methods=["DELETE"]),
-    Route("/v1/leases/{lease}/renew", renew, methods=["POST"]),
-    Route("/v1/tickets/{ticket}", leave, methods=["DELETE"]),
-    Route("/v1/environments", list_environments, methods=["GET"]),
-    Route("/v1/environments/{name}", get_environment, methods=["GET"]),
-    Route("/v1/environments/{name}", put_environment, methods=["PUT"]),
-    Route("/v1/environments/{name}", delete_environment, methods=["DELETE"]),
-    Route("/v1/history", history, methods=["GET"]),
+    route("/v1/leases", POST=acquire),
+    route("/v1/leases/{lease}", GET=get_lease, DELETE=release),
+    route("/v1/leases/{lease}/renew", POST=renew),
+    route("/v1/tickets/{ticket}", DELETE=leave),
+    route("/v1/environments", GET=list_environments),
+    route("/v1/environments/{name}", GET=get_environment, PUT=put_environment, DELETE=delete_environment),
+    route("/v1/history", GET=history),
 ]

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from callme.server.clock import FakeClock
 from callme.server.model import Environment, Event, Lease, Principal, Ticket
-from callme.server.service import Granted, Queued, Service
+from callme.server.outcomes import Granted, Queued
+from callme.server.service import Service
 from callme.server.settings import Settings
 from callme.server.store.base import Store, Tx
 from callme.server.store.sqlite import SQLiteStore

@@ -9,7 +9,7 @@ from pathlib import Path
 from callme.server import rules
 from callme.server.errors import CallMeError, LeaseGone, TicketGone
 from callme.server.model import Ticket
-from callme.server.service import Granted, Queued
+from callme.server.outcomes import Granted, Queued
 from callme.server.store.postgres import PostgresStore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st

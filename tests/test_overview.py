@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from callme.server import overview
 from callme.server.model import Environment, Event, Lease, Ticket
-from callme.server.service import EnvironmentView
+from callme.server.outcomes import EnvironmentView
 
 DAY = 24 * 3600.0
 NOW = 10 * DAY

@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from callme.server.clock import Clock
-from callme.server.constants import SCHEMA_VERSION
-from callme.server.errors import ConfigError
+from callme.server.constants import REQUEST_ID_RETENTION, SCHEMA_VERSION
+from callme.server.errors import Busy, ConfigError, TicketGone
 from callme.server.model import Environment, Event, Lease, Ticket
+from callme.server.outcomes import Granted
 from callme.server.settings import load
 from callme.server.store import for_database
 from callme.server.store.base import Store, StoreError, Tx
@@ -23,6 +24,7 @@ from callme.server.store.migrations import MIGRATIONS, statements
 from callme.server.store.postgres import PostgresStore, redact
 from callme.server.store.sqlite import SQLiteStore
 
+from .harness import ADMIN, Harness, request
 from .pgserver import PostgresServer
 
 T = TypeVar("T")
@@ -179,14 +181,62 @@ def test_tickets(opened: Opened) -> None:
     assert t3 is not None
     assert (t3.state, t3.lease_id, t3.seen_at) == ("granted", "l9", 150.0)
     assert waiting(["a"], ["L"]) == ["t1"]
-    # prune forgets ended tickets older than the cut, with their request ids.
+
+    def end_granted(tx: Tx) -> None:  # granted tickets whose lease ended before the cut (t5) and after it (t6)
+        tx.insert_ticket(ticket("t5", 5, "a", request_id="r5", state="granted", lease_id="l5", ended_at=10.0))
+        tx.insert_ticket(ticket("t6", 6, "a", request_id="r6", state="granted", lease_id="l6", ended_at=30.0))
+
+    opened.tx(end_granted)
+    # prune forgets tickets that ended before the cut, with their request ids; a granted ticket whose lease is
+    # live has not ended and stays.
     opened.tx(lambda tx: tx.prune(20.0))
     assert opened.tx(lambda tx: tx.ticket("t4")) is None
-    assert opened.tx(lambda tx: tx.ticket("t3")) is not None
+    assert opened.tx(lambda tx: tx.ticket("t5")) is None
+    assert opened.tx(lambda tx: tx.ticket_by_request("ci", "r5")) is None
+    assert [_tid(opened.tx(lambda tx, t=t: tx.ticket(t))) for t in ("t3", "t6")] == ["t3", "t6"]
 
 
 def _tid(value: Ticket | None) -> str | None:
     return value.id if value is not None else None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """The Service on each store, with a FakeClock (on PostgreSQL too: the test moves time by days)."""
+    if request.param == "sqlite":
+        h = Harness(tmp_path / "db.sqlite")
+    else:
+        url = request.getfixturevalue("pg_url")
+        h = Harness(url, make_store=lambda clock: PostgresStore(url, listen=False, clock=clock))
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_a_granted_ticket_is_forgotten_a_retention_period_after_its_lease_ended(harness: Harness) -> None:
+    h = harness
+    h.put("a")
+    h.put("b")
+    ended = h.acquire(request("a", request_id="r-ended"))
+    assert isinstance(ended, Granted)
+    h.run(h.svc.release(ADMIN, ended.lease.id, ended.lease.token))
+    maybe = h.run(h.svc.maybe_acquire(ADMIN, "b"))  # a /maybe POST makes a ticket too
+    h.run(h.svc.maybe_release(ADMIN, "b"))
+    with pytest.raises(TicketGone):  # API.md: the same request_id is 410 once its lease has ended ...
+        h.acquire(request("a", request_id="r-ended"))
+    h.clock.advance(REQUEST_ID_RETENTION + 1)
+    live = h.acquire(request("a", request_id="r-live"))
+    assert isinstance(live, Granted)
+    h.run(h.svc.sweep())
+    ticket_of = lambda granted: h.read(lambda tx: tx.ticket(granted.lease.ticket_id))  # noqa: E731
+    # ... and forgotten once it has been kept long enough; a ticket whose lease is live stays.
+    assert (ticket_of(ended), ticket_of(maybe), _tid(ticket_of(live))) == (None, None, live.lease.ticket_id)
+    with pytest.raises(Busy):  # the forgotten request_id makes a new request (here: "a" is held by r-live)
+        h.acquire(request("a", request_id="r-ended", queue=False))
+    repeat = h.acquire(request("a", request_id="r-live"))
+    assert isinstance(repeat, Granted)
+    assert repeat.lease.id == live.lease.id
 
 
 def test_due(opened: Opened) -> None:
@@ -446,8 +496,18 @@ def _fill_v1(execute: Callable[..., Any]) -> None:
     )
     execute(
         "INSERT INTO leases VALUES ('l1', 'uat', 'k_x', 'me', '{}', 41, 60, 1.0, 61.0, 1.0, 'ci', 'active', "
-        "NULL, NULL, NULL, NULL)"
+        "NULL, 't1', 16, NULL)"
     )
+    # Before version 3 a granted ticket kept ended_at NULL after its lease ended (t2), so was never pruned.
+    execute(
+        "INSERT INTO leases VALUES ('l2', 'uat', 'k_y', 'me', '{}', 40, 60, 1.0, 61.0, 1.0, 'ci', 'released', "
+        "5.0, 't2', 17, NULL)"
+    )
+    for ticket_id, seq, lease_id in (("t1", 16, "l1"), ("t2", 17, "l2")):
+        execute(
+            "INSERT INTO tickets VALUES (?, ?, 'ci', 'uat', NULL, 'me', 60, 0, '{}', 1.0, 1.0, ?, 'granted', ?, NULL)",
+            (ticket_id, seq, f"r{seq}", lease_id),
+        )
 
 
 def _check_migrated(opened: Opened) -> None:
@@ -456,6 +516,11 @@ def _check_migrated(opened: Opened) -> None:
             name="uat", labels=("L",), description="old", created_at=1.0, updated_at=2.0
         )
         assert _id(opened.tx(lambda tx: tx.lease("l1"))) == "l1"
+        tickets = [opened.tx(lambda tx, t=t: tx.ticket(t)) for t in ("t1", "t2")]
+        assert [(t.id, t.ended_at) for t in tickets if t is not None] == [
+            ("t1", None),
+            ("t2", 5.0),
+        ]  # ends with its lease
         assert opened.tx(lambda tx: tx.next_fence()) == 42
         assert opened.tx(lambda tx: tx.next_seq()) == 18
         opened.reopen()  # migrating again is a no-op

@@ -69,7 +69,8 @@ class Tx(Protocol):
         ...
 
     def prune(self, before: float) -> None:
-        """Forget ended tickets older than `before` (their request_ids with them)."""
+        """Forget tickets that ended before `before` (their request_ids with them); a granted ticket ends
+        with its lease."""
         ...
 
 

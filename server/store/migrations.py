@@ -19,6 +19,14 @@ class Migration:
     postgres: str
 
 
+# Until version 3 a granted ticket kept ended_at NULL for ever and was never pruned. The statement reads the
+# same in both dialects; it runs once, so the scan of the granted tickets is paid once.
+_END_GRANTED_TICKETS = """
+UPDATE tickets SET ended_at = (SELECT leases.ended_at FROM leases WHERE leases.id = tickets.lease_id)
+WHERE state = 'granted' AND ended_at IS NULL
+AND lease_id IN (SELECT id FROM leases WHERE ended_at IS NOT NULL)
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(
         what="the first schema: environments, leases, tickets, events and the fence and seq counters",
@@ -98,6 +106,11 @@ MIGRATIONS: list[Migration] = [
         SELECT setval('ticket_seq', value + 1, false) FROM counters WHERE name = 'seq';
         DROP TABLE counters;
         """,
+    ),
+    Migration(
+        what="a granted ticket ends with its lease, so that prune forgets it: backfill those already ended",
+        sqlite=_END_GRANTED_TICKETS,
+        postgres=_END_GRANTED_TICKETS,
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

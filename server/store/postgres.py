@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import secrets
 import threading
 import time
@@ -58,6 +57,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import DictRow, dict_row
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from ..clock import Clock
 from ..constants import (
@@ -68,6 +68,7 @@ from ..constants import (
     PG_RECHECK,
     PG_RECHECK_POLL_ONLY,
     PG_RETRIES,
+    PG_RETRY_BACKOFF_FIRST,
     PG_RETRY_BACKOFF_MAX,
     SCHEMA_VERSION,
 )
@@ -112,6 +113,38 @@ _BEGIN = (
 
 class _Conflict(Exception):
     """A row changed between this operation's read and its write: the operation runs again."""
+
+
+class _ConnectionLost(StoreError):
+    """The connection was found dead before COMMIT: nothing was committed."""
+
+
+# A unique violation is a race lost to another replica (two first requests with one request_id): run again,
+# and find what the other one made.
+_CONFLICTS = (_Conflict, pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A conflict with a concurrent operation, rolled back: running the operation again may succeed."""
+    return isinstance(exc, _CONFLICTS)
+
+
+def retry_conflicts(attempt: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep) -> T:
+    """`attempt()`, run again after each conflict up to PG_RETRIES attempts in all; then a StoreError (503)
+    from the last conflict. Any other error surfaces at once."""
+    retrying = Retrying(
+        stop=stop_after_attempt(PG_RETRIES),
+        # Exponential, jittered: with a linear step, a few replicas re-reading one row kept meeting and one of
+        # them could lose every attempt.
+        wait=wait_random_exponential(multiplier=PG_RETRY_BACKOFF_FIRST, max=PG_RETRY_BACKOFF_MAX),
+        retry=retry_if_exception(is_conflict),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _CONFLICTS as exc:
+        raise StoreError(f"gave up after {PG_RETRIES} conflicting attempts: {_reason(exc)}") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -386,11 +419,14 @@ class PostgresStore:
         listen: bool = True,
         clock: Clock | None = None,
         connections: int = PG_CONNECTIONS,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self.listen = listen
         # Tests only: a FakeClock instead of the database's clock, so that rule-level tests can move time.
         self._clock = clock
+        # The pause between conflicting attempts; on the worker threads, hence a blocking sleep.
+        self._sleep = sleep
         self.recheck_interval: float | None = PG_RECHECK if listen else PG_RECHECK_POLL_ONLY
         self.started_at = 0.0
         self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="callme-pg")
@@ -455,50 +491,43 @@ class PostgresStore:
     # -- transactions -----------------------------------------------------------------------------------
 
     def _run(self, fn: Callable[[PostgresTx], T]) -> T:
-        conflicts = 0
         reconnected = False
-        while True:
-            conn = self._conn()
+
+        def attempt() -> T:
+            nonlocal reconnected
             try:
-                row = conn.execute(_BEGIN, self._timeouts).fetchone()
-                assert row is not None
-                tx = PostgresTx(conn, self._clock.now() if self._clock is not None else row["now"])
-                result = fn(tx)
-                if self.listen:
-                    tx.publish(self._origin)
-            # A unique violation is a race lost to another replica (two first requests with one request_id):
-            # run again, and find what the other one made.
-            except (
-                _Conflict,
-                pg_errors.SerializationFailure,
-                pg_errors.DeadlockDetected,
-                pg_errors.UniqueViolation,
-            ) as exc:
-                self._rollback(conn)
-                conflicts += 1
-                if conflicts >= PG_RETRIES:
-                    raise StoreError(f"gave up after {conflicts} conflicting attempts: {_reason(exc)}") from exc
-                # Exponential, jittered: with a linear step, a few replicas re-reading one row kept meeting
-                # and one of them could lose every attempt.
-                time.sleep(random.uniform(0, min(PG_RETRY_BACKOFF_MAX, 0.002 * 2**conflicts)))
-                continue
-            except psycopg.Error as exc:
-                lost = conn.broken or conn.closed
-                self._rollback(conn)
-                if lost and not reconnected:
-                    # Found dead (PostgreSQL restarted since its last use): nothing was committed, run again.
-                    reconnected = True
-                    continue
-                raise StoreError(f"database error: {_reason(exc)}") from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
-            try:
-                conn.commit()
-            except psycopg.Error as exc:
-                self._rollback(conn)
-                raise StoreError(f"the commit failed, its outcome is unknown: {_reason(exc)}") from exc
-            return result
+                return self._transaction(fn)
+            except _ConnectionLost:
+                if reconnected:
+                    raise
+                # Found dead (PostgreSQL restarted since its last use): nothing was committed, run again, once.
+                reconnected = True
+                return self._transaction(fn)
+
+        return retry_conflicts(attempt, sleep=self._sleep)
+
+    def _transaction(self, fn: Callable[[PostgresTx], T]) -> T:
+        """One attempt: BEGIN, the operation, COMMIT on this thread's connection; rolled back unless committed."""
+        conn = self._conn()
+        try:
+            row = conn.execute(_BEGIN, self._timeouts).fetchone()
+            assert row is not None
+            tx = PostgresTx(conn, self._clock.now() if self._clock is not None else row["now"])
+            result = fn(tx)
+            if self.listen:
+                tx.publish(self._origin)
+        except BaseException as exc:
+            lost = conn.broken or conn.closed
+            self._rollback(conn)
+            if isinstance(exc, psycopg.Error) and not is_conflict(exc):
+                raise (_ConnectionLost if lost else StoreError)(f"database error: {_reason(exc)}") from exc
+            raise
+        try:
+            conn.commit()
+        except psycopg.Error as exc:
+            self._rollback(conn)
+            raise StoreError(f"the commit failed, its outcome is unknown: {_reason(exc)}") from exc
+        return result
 
     async def transact(self, fn: Callable[[PostgresTx], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)

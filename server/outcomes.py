@@ -1,0 +1,55 @@
+"""What an operation answers with: a grant, a place in the queue, an environment with its holders and queue.
+
+Shared by the service that produces them and the routes, metrics and dashboard that render them, so that
+rendering never depends on the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import rules
+from .model import Environment, Lease, Ticket
+
+
+@dataclass
+class Group:
+    """A group of environments after expiry and grants: what a decision and an answer are based on."""
+
+    envs: list[Environment]
+    live: list[Lease]
+    waiting: list[Ticket]
+
+    def env(self, name: str) -> Environment | None:
+        return next((e for e in self.envs if e.name == name), None)
+
+    def holders(self, ticket: Ticket) -> list[Lease]:
+        usable = {e.name for e in self.envs if rules.can_serve(e, ticket)}
+        return [lease for lease in self.live if lease.environment in usable]
+
+
+@dataclass
+class Granted:
+    """A lease (with its token for the acquirer) and the environment it holds."""
+
+    lease: Lease
+    environment: Environment
+
+
+@dataclass
+class Queued:
+    """A ticket still waiting: its position, the group it waits in, and how long this request was held."""
+
+    ticket: Ticket
+    position: int
+    group: Group
+    waited: float = 0.0
+
+
+@dataclass
+class EnvironmentView:
+    """One environment with its live leases and the tickets it could serve, each with its position."""
+
+    env: Environment
+    leases: list[Lease]
+    queue: list[tuple[Ticket, int]]

@@ -1,0 +1,91 @@
+"""Environment administration: create or change, delete, and apply the configuration file's declarations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .errors import Conflict, NotFound
+from .model import Environment, Principal
+from .service_core import Core, Op
+from .store.base import Tx
+from .validation import EnvironmentChange
+
+
+class Administration:
+    """The admin's operations on environments; each also settles what the change makes possible."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def put_environment(
+        self, principal: Principal, name: str, change: EnvironmentChange
+    ) -> tuple[Environment, bool]:
+        """Create or change an environment (no longer `auto`); True when it was created."""
+        core = self.core
+
+        def fn(tx: Tx, op: Op) -> tuple[Environment, bool]:
+            old = tx.environment(name)
+            base = old or Environment(name=name, created_at=op.now)
+            env = Environment(
+                name=name,
+                slots=change.slots if change.slots is not None else base.slots,
+                labels=change.labels if change.labels is not None else base.labels,
+                description=change.description if change.description is not None else base.description,
+                properties=change.properties if change.properties is not None else base.properties,
+                maintenance=change.maintenance if change.maintenance is not None else base.maintenance,
+                note=change.note if change.note_given else base.note,
+                auto=False,
+                created_at=base.created_at,
+                updated_at=op.now,
+            )
+            tx.save_environment(env)
+            detail = "created" if old is None else _changes(old, env)
+            core.event(op, "environment_changed", name, actor=principal.name, detail=detail)
+            core.settle(tx, op, [name], [*(old.labels if old else ()), *env.labels])
+            return env, old is None
+
+        return await core.run(fn)
+
+    async def delete_environment(self, principal: Principal, name: str, *, force: bool) -> None:
+        """Delete an environment; with `force`, revoke its leases and drop the tickets that named it."""
+        core = self.core
+
+        def fn(tx: Tx, op: Op) -> None:
+            if tx.environment(name) is None:
+                raise NotFound(f'environment "{name}" does not exist')
+            group = core.settle(tx, op, [name], [])
+            leases = [lease for lease in group.live if lease.environment == name]
+            tickets = [t for t in group.waiting if t.environment == name]
+            if (leases or tickets) and not force:
+                raise Conflict(
+                    f'environment "{name}" has {len(leases)} live lease(s) and {len(tickets)} waiter(s); '
+                    "wait for them, or delete with ?force=true to revoke and drop them"
+                )
+            for lease in leases:
+                core.end(tx, op, lease, "revoked", principal.name, "environment deleted")
+            for ticket in tickets:
+                ticket.state = "left"
+                ticket.ended_at = op.now
+                tx.update_ticket(ticket)
+                core.event(op, "left", name, seq=ticket.seq, holder=ticket.holder, actor=principal.name,
+                           detail="environment deleted")  # fmt: skip
+            tx.delete_environment(name)
+            core.event(op, "environment_deleted", name, actor=principal.name)
+
+        await core.run(fn)
+
+    async def apply_declared(self, declared: Sequence[tuple[str, EnvironmentChange]]) -> None:
+        """Create or update the environments of the configuration file (start-up)."""
+        system = Principal(name="config", role="admin")
+        for name, change in declared:
+            await self.put_environment(system, name, change)
+
+
+def _changes(old: Environment, new: Environment) -> str:
+    parts = []
+    for name in ("slots", "labels", "description", "properties", "maintenance", "note"):
+        if getattr(old, name) != getattr(new, name):
+            parts.append(f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}")
+    if old.auto:
+        parts.append("declared by an admin")
+    return "; ".join(parts) or "unchanged"

@@ -1,0 +1,202 @@
+"""The transaction core of the service: run an operation as one store transaction, settle a group (expiry,
+abandonment, then every grant that has become possible), and deliver what happened after the commit.
+
+An operation is a function of `(Tx, Op)`. The store may run it more than once (PostgreSQL runs it again after
+a conflict), so it changes nothing but the transaction and its own `Op`: wake-ups, log lines and listeners
+are delivered from the `Op` of the attempt that committed, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from . import rules
+from .constants import WAITED
+from .errors import CallMeError, Unavailable
+from .model import Event, Lease, Ticket
+from .outcomes import Group, Queued
+from .settings import Settings
+from .store.base import Store, StoreError, Tx
+from .waiters import Waiters
+
+log = logging.getLogger("callme.service")
+T = TypeVar("T")
+
+
+@dataclass
+class Op:
+    """What one attempt of an operation did, delivered after its commit."""
+
+    now: float
+    events: list[Event] = field(default_factory=list)
+    granted: list[str] = field(default_factory=list)
+    # Raised after the commit: the operation's changes (such as expiry) stand although it answers an error.
+    error: CallMeError | None = None
+
+
+Operation = Callable[[Tx, Op], T]
+Listener = Callable[[Sequence[Event]], None]
+
+
+class Core:
+    """What every group of operations shares: the store, the settings, the start-up floor and the wake-ups."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.floor = rules.Floor(store.started_at, settings.ticket_grace)
+        self.waiters = Waiters()
+        self.listeners: list[Listener] = []
+        store.subscribe(self._committed_elsewhere)
+
+    async def run(self, fn: Operation[T]) -> T:
+        """Run `fn` in one transaction; after its commit wake the waiters it granted and publish its events."""
+
+        def body(tx: Tx) -> tuple[Op, T]:
+            op = Op(now=tx.now())  # afresh for each attempt, so a retried attempt starts from nothing
+            result = fn(tx, op)
+            op.events = [replace(event, id=tx.add_event(event)) for event in op.events]
+            return op, result
+
+        try:
+            op, result = await self.store.transact(body)
+        except StoreError as exc:
+            log.error("event=store_error error=%s", exc)
+            raise Unavailable("the store cannot be reached; retry shortly") from exc
+        if op.granted:
+            self.waiters.notify(op.granted)
+        for event in op.events:
+            log.info(
+                "event=%s environment=%s lease=%s seq=%s fence=%s holder=%r actor=%s",
+                event.kind, event.environment, event.lease, event.seq, event.fence, event.holder, event.actor,
+            )  # fmt: skip
+        if op.events:
+            for listener in self.listeners:
+                listener(op.events)
+        if op.error is not None:
+            raise op.error
+        return result
+
+    def _committed_elsewhere(self, granted: Sequence[str], events: Sequence[Event]) -> None:
+        """Another replica committed: wake the waiters it granted, and tell the listeners what happened."""
+        self.waiters.notify(granted)
+        if events:
+            for listener in self.listeners:
+                listener(events)
+
+    def event(self, op: Op, kind: str, env: str | None, **fields: object) -> None:
+        """Record an audit event, written with the operation's other changes."""
+        op.events.append(Event(at=op.now, kind=kind, environment=env, **fields))  # type: ignore[arg-type]
+
+    def end(self, tx: Tx, op: Op, lease: Lease, state: str, actor: str | None, detail: str | None) -> None:
+        """End a live lease (released, expired or revoked), and the ticket it served with it."""
+        assert state in ("released", "expired", "revoked")
+        lease.state = state  # type: ignore[assignment]
+        lease.ended_at = op.now
+        lease.collect_by = None
+        tx.update_lease(lease)
+        # The ticket ends with its lease, so that prune forgets it (and its request_id) a retention period
+        # later; until then a repeat of its request_id finds the ended lease and is answered 410 ticket_gone.
+        ticket = tx.ticket(lease.ticket_id) if lease.ticket_id is not None else None
+        if ticket is not None and ticket.ended_at is None:
+            ticket.ended_at = op.now
+            tx.update_ticket(ticket)
+        self.event(
+            op, state, lease.environment, lease=lease.id, seq=lease.seq, fence=lease.fence,
+            holder=lease.holder, actor=actor, detail=detail,
+        )  # fmt: skip
+
+    def grant(self, tx: Tx, op: Op, ticket: Ticket, env: str, *, collect: bool) -> Lease:
+        """Grant `env` to a waiting ticket; `collect` when its client is between polls and must come for it."""
+        lease = Lease(
+            id="l_" + secrets.token_hex(10),
+            environment=env,
+            token="k_" + secrets.token_urlsafe(24),  # a prefix: never starts with "-", which CLIs take for a flag
+            holder=ticket.holder,
+            metadata=ticket.metadata,
+            fence=tx.next_fence(),
+            ttl=ticket.ttl,
+            acquired_at=op.now,
+            expires_at=op.now + ticket.ttl,
+            touched_at=op.now,
+            key_name=ticket.key_name,
+            ticket_id=ticket.id,
+            seq=ticket.seq,
+            collect_by=op.now + self.settings.ticket_grace if collect else None,
+        )
+        tx.insert_lease(lease)
+        ticket.state = "granted"
+        ticket.lease_id = lease.id
+        tx.update_ticket(ticket)
+        waited = op.now - ticket.enqueued_at  # 0 for a grant made at once; metrics read it back (WAITED)
+        self.event(
+            op, "acquired", env, lease=lease.id, seq=ticket.seq, fence=lease.fence, holder=lease.holder,
+            actor=ticket.key_name, detail=WAITED.format(waited) if waited > 0 else None,
+        )  # fmt: skip
+        if collect:
+            op.granted.append(ticket.id)
+        return lease
+
+    def settle(
+        self, tx: Tx, op: Op, names: Sequence[str], labels: Sequence[str], *, immediate: str | None = None
+    ) -> Group:
+        """Apply expiry and abandonment to the group, then grant every slot that can be granted."""
+        envs = tx.group(names, labels)
+        env_names = [e.name for e in envs]
+        all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
+        live: list[Lease] = []
+        for lease in tx.live_leases(env_names):
+            ending = rules.lease_ending(lease, op.now, self.floor)
+            if ending == "revoked":
+                self.end(tx, op, lease, ending, None, "granted while its client was away; not collected in time")
+            elif ending == "expired":
+                self.end(tx, op, lease, ending, None, "not renewed before its TTL ran out")
+            else:
+                live.append(lease)
+        waiting: list[Ticket] = []
+        for ticket in tx.waiting_tickets(env_names, all_labels):
+            if rules.abandoned(ticket, op.now, self.floor):
+                ticket.state = "abandoned"
+                ticket.ended_at = op.now
+                tx.update_ticket(ticket)
+                self.event(
+                    op, "abandoned", ticket.environment, seq=ticket.seq, holder=ticket.holder,
+                    detail=f"no poll for {self.settings.ticket_grace:g} s" + target_note(ticket),
+                )  # fmt: skip
+            else:
+                waiting.append(ticket)
+        counts = Counter(lease.environment for lease in live)
+        for ticket, env in rules.schedule(envs, counts, waiting):
+            live.append(self.grant(tx, op, ticket, env, collect=ticket.id != immediate))
+            waiting.remove(ticket)
+        return Group(envs, live, waiting)
+
+    def queued(self, group: Group, ticket: Ticket) -> Queued:
+        """The answer for a ticket still waiting in `group`."""
+        return Queued(ticket=ticket, position=rules.position(group.envs, group.waiting, ticket), group=group)
+
+
+def must(value: T | None) -> T:
+    """A value the operation's own reads guarantee (a row it just wrote or locked)."""
+    assert value is not None
+    return value
+
+
+def names(ticket: Ticket) -> list[str]:
+    """The environment a ticket names, as the `names` of a group."""
+    return [ticket.environment] if ticket.environment is not None else []
+
+
+def labels(ticket: Ticket) -> list[str]:
+    """The label a ticket names, as the `labels` of a group."""
+    return [ticket.label] if ticket.label is not None else []
+
+
+def target_note(ticket: Ticket) -> str:
+    """` (label L)` for a ticket that named a label, for event details."""
+    return f" (label {ticket.label})" if ticket.label is not None else ""

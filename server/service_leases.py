@@ -1,0 +1,268 @@
+"""Leases and tickets: acquire (with its long-poll), poll, leave, renew, release, and the background sweep."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+import time
+
+from . import rules
+from .constants import AUTO_CREATED, PRUNE_INTERVAL, REQUEST_ID_RETENTION
+from .errors import Busy, Forbidden, Invalid, LeaseGone, Maintenance, NotFound, TicketGone, WrongToken
+from .model import Environment, Lease, Principal, Ticket
+from .outcomes import Granted, Queued
+from .service_core import Core, Op, labels, must, names, target_note
+from .store.base import Tx
+from .validation import AcquireRequest
+
+
+class Leasing:
+    """The operations of a lease's and a ticket's life."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._last_prune = 0.0  # when the last committed sweep pruned ended tickets (the store's clock)
+
+    # -- acquire ----------------------------------------------------------------------------------------
+
+    async def acquire(self, principal: Principal, req: AcquireRequest) -> Granted | Queued:
+        """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant."""
+        core = self.core
+        started = time.monotonic()
+        hold = min(req.wait, core.settings.max_wait)
+        deadline = started + hold
+        outcome = await core.run(lambda tx, op: self._acquire(tx, op, principal, req, hold))
+        while isinstance(outcome, Queued) and not core.waiters.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
+            await core.waiters.wait(outcome.ticket.id, min(remaining, core.store.recheck_interval or remaining))
+            left = max(0.0, deadline - time.monotonic())
+            outcome = await core.run(functools.partial(self._poll_fn, outcome.ticket.id, left))
+        if isinstance(outcome, Queued):
+            outcome.waited = round(time.monotonic() - started, 3)
+        return outcome
+
+    def _acquire(self, tx: Tx, op: Op, principal: Principal, req: AcquireRequest, hold: float) -> Granted | Queued:
+        if req.priority > principal.max_priority and principal.role != "admin":
+            raise Invalid("priority", f"is above this key's max_priority ({principal.max_priority})")
+        holder = req.holder if req.holder is not None else principal.name
+        ttl = req.ttl if req.ttl is not None else self.core.settings.default_ttl
+        existing: Ticket | None = None
+        if req.request_id is not None:
+            existing = tx.ticket_by_request(principal.name, req.request_id)
+            if existing is not None:
+                _check_repeat(existing, req, holder, ttl)
+        if existing is None and req.ticket is not None:
+            existing = tx.ticket(req.ticket)
+            if existing is None:
+                raise TicketGone("this ticket is unknown (or long gone); post again without it to join the queue")
+            _check_same_target(existing, req)
+        if existing is not None:
+            return self._poll(tx, op, existing.id, hold)
+        return self.new_ticket(tx, op, principal, req, holder, ttl, hold)
+
+    def new_ticket(
+        self, tx: Tx, op: Op, principal: Principal, req: AcquireRequest, holder: str, ttl: int, hold: float
+    ) -> Granted | Queued:
+        """Take a new place in the queue and grant it at once if it may be; with `queue` false, Busy instead."""
+        core = self.core
+        if req.environment is not None:
+            env = tx.environment(req.environment)
+            if env is None:
+                if not core.settings.auto_create:
+                    raise NotFound(
+                        f'environment "{req.environment}" does not exist and auto-create is off; '
+                        f"an admin can create it with PUT /v1/environments/{req.environment}"
+                    )
+                env = Environment(name=req.environment, auto=True, created_at=op.now, updated_at=op.now)
+                tx.save_environment(env)
+                core.event(op, "environment_changed", env.name, actor=principal.name, detail=AUTO_CREATED)
+        elif not tx.group([], [req.label or ""]):
+            raise NotFound(f'no environment carries the label "{req.label}"')
+        ticket = Ticket(
+            id="t_" + secrets.token_urlsafe(24),
+            seq=tx.next_seq(),
+            key_name=principal.name,
+            environment=req.environment,
+            label=req.label,
+            holder=holder,
+            ttl=ttl,
+            priority=req.priority,
+            metadata=req.metadata,
+            enqueued_at=op.now,
+            seen_at=op.now + hold,
+            request_id=req.request_id,
+        )
+        tx.insert_ticket(ticket)
+        group = core.settle(tx, op, names(ticket), labels(ticket), immediate=ticket.id)
+        mine = next((lease for lease in group.live if lease.ticket_id == ticket.id), None)
+        if mine is not None:
+            return Granted(mine, must(group.env(mine.environment)))
+        usable = [e for e in group.envs if rules.can_serve(e, ticket)]
+        if not req.queue:
+            if usable and all(e.maintenance for e in usable):
+                notes = "; ".join(f"{e.name}: {e.note}" for e in usable if e.note)
+                raise Maintenance(f"{_what(ticket)} is in maintenance" + (f" ({notes})" if notes else ""))
+            holders = group.holders(ticket)
+            raise Busy(_busy_detail(ticket, holders), holders=holders, envs=group.envs)
+        core.event(op, "queued", ticket.environment, seq=ticket.seq, holder=holder, actor=principal.name,
+                   detail=target_note(ticket).strip(" ()") or None)  # fmt: skip
+        return core.queued(group, ticket)
+
+    def _poll_fn(self, ticket_id: str, hold: float, tx: Tx, op: Op) -> Granted | Queued:
+        return self._poll(tx, op, ticket_id, hold)
+
+    def _poll(self, tx: Tx, op: Op, ticket_id: str, hold: float) -> Granted | Queued:
+        ticket = tx.ticket(ticket_id)
+        if ticket is None or ticket.state in ("left", "abandoned"):
+            raise TicketGone("this ticket left the queue or was abandoned; post again without it")
+        group = self.core.settle(tx, op, names(ticket), labels(ticket))
+        ticket = must(tx.ticket(ticket_id))
+        if ticket.state == "abandoned":
+            # Rolls this transaction back; the background sweep records the abandonment a moment later.
+            raise TicketGone(f"this ticket was abandoned after {self.core.settings.ticket_grace:g} s without a poll")
+        if ticket.state == "granted":
+            lease = must(tx.lease(must(ticket.lease_id)))
+            if not lease.live:
+                raise TicketGone(f"the lease granted to this ticket has ended ({lease.state}); post again without it")
+            if lease.collect_by is not None:
+                lease.collect_by = None
+                tx.update_lease(lease)
+            return Granted(lease, must(tx.environment(lease.environment)))
+        ticket.seen_at = op.now + hold
+        tx.update_ticket(ticket)
+        return self.core.queued(group, ticket)
+
+    async def leave(self, principal: Principal, ticket_id: str) -> None:
+        """Leave the queue, releasing a lease granted to the ticket meanwhile."""
+        core = self.core
+
+        def fn(tx: Tx, op: Op) -> None:
+            ticket = tx.ticket(ticket_id)
+            if ticket is None or ticket.state in ("left", "abandoned"):
+                return
+            if ticket.state == "granted":
+                lease = tx.lease(must(ticket.lease_id))
+                if lease is not None and lease.live:
+                    core.end(tx, op, lease, "released", principal.name, "its ticket left the queue")
+            ticket.state = "left"
+            ticket.ended_at = op.now
+            tx.update_ticket(ticket)
+            core.event(op, "left", ticket.environment, seq=ticket.seq, holder=ticket.holder, actor=principal.name,
+                       detail=target_note(ticket).strip(" ()") or None)  # fmt: skip
+            core.settle(tx, op, names(ticket), labels(ticket))
+
+        await core.run(fn)
+
+    # -- renew and release ------------------------------------------------------------------------------
+
+    def _settled_lease_for(self, tx: Tx, op: Op, lease_id: str, token: str | None, *, force: bool = False) -> Lease:
+        """Check the token, settle the lease's environment, and read the lease again: it may have ended."""
+        lease = tx.lease(lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id} does not exist")
+        if not force and (token is None or not hmac.compare_digest(token.encode(), lease.token.encode())):
+            raise WrongToken(
+                f"the token does not match lease {lease_id}; send the token of the 201 answer in X-Lease-Token"
+            )
+        self.core.settle(tx, op, [lease.environment], [])
+        return must(tx.lease(lease_id))
+
+    async def renew(self, lease_id: str, token: str | None, ttl: int | None) -> Granted:
+        """Extend a live lease to now + ttl (its own ttl when None)."""
+
+        def fn(tx: Tx, op: Op) -> Granted:
+            lease = self._settled_lease_for(tx, op, lease_id, token)
+            if not lease.live:
+                op.error = LeaseGone(f"lease {lease_id} has ended ({lease.state}); acquire the environment again")
+            else:
+                lease.ttl = ttl if ttl is not None else lease.ttl
+                lease.expires_at = op.now + lease.ttl
+                lease.touched_at = op.now
+                lease.collect_by = None
+                tx.update_lease(lease)
+            return Granted(lease, must(tx.environment(lease.environment)))
+
+        return await self.core.run(fn)
+
+    async def release(self, principal: Principal, lease_id: str, token: str | None, *, force: bool = False) -> None:
+        """Release a lease with its token, or revoke it with `force` (admin); the freed slot is granted."""
+        if force and not principal.allows("admin"):
+            raise Forbidden("a forced release needs an admin key")
+        core = self.core
+
+        def fn(tx: Tx, op: Op) -> None:
+            lease = self._settled_lease_for(tx, op, lease_id, token, force=force)
+            if lease.state == "released":
+                return
+            if not lease.live:
+                op.error = LeaseGone(f"lease {lease_id} had already ended ({lease.state})")
+                return
+            if force:
+                core.end(tx, op, lease, "revoked", principal.name, "forced release by an admin")
+            else:
+                core.end(tx, op, lease, "released", principal.name, None)
+            core.settle(tx, op, [lease.environment], [])
+
+        await core.run(fn)
+
+    # -- the background sweep ---------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Expire leases and abandon tickets past their deadlines, grant what they free, and now and then
+        forget tickets that ended more than REQUEST_ID_RETENTION ago."""
+        core = self.core
+        last_prune = self._last_prune
+
+        def fn(tx: Tx, op: Op) -> float | None:
+            due_names, due_labels = tx.due(op.now, core.settings.ticket_grace)
+            if due_names or due_labels:
+                core.settle(tx, op, due_names, due_labels)
+            if op.now - last_prune > PRUNE_INTERVAL:
+                tx.prune(op.now - REQUEST_ID_RETENTION)
+                return op.now
+            return None
+
+        # The time of the prune is kept only once it is committed: an attempt run again or rolled back
+        # must not make the next sweep skip a prune that never happened.
+        pruned_at = await core.run(fn)
+        if pruned_at is not None:
+            self._last_prune = pruned_at
+
+
+def _what(ticket: Ticket) -> str:
+    if ticket.environment is not None:
+        return f'environment "{ticket.environment}"'
+    return f'every environment labelled "{ticket.label}"'
+
+
+def _busy_detail(ticket: Ticket, holders: list[Lease]) -> str:
+    if not holders:
+        return f"{_what(ticket)} has no free slot; retry later or join the queue"
+    first = holders[0]
+    until = time.strftime("%H:%M UTC", time.gmtime(first.expires_at))
+    more = f" and {len(holders) - 1} more" if len(holders) > 1 else ""
+    return f"{_what(ticket)} is held by {first.holder}{more} until {until}; retry later or join the queue"
+
+
+def _check_same_target(ticket: Ticket, req: AcquireRequest) -> None:
+    if (ticket.environment, ticket.label) != (req.environment, req.label):
+        raise Invalid("ticket", f"belongs to a request for {_what(ticket)}; name the same target")
+    if ticket.priority != req.priority:
+        raise Invalid("priority", f"differs from the ticket's priority {ticket.priority}")
+
+
+def _check_repeat(ticket: Ticket, req: AcquireRequest, holder: str, ttl: int) -> None:
+    _check_same_target(ticket, req)
+    for field_name, before, now in (
+        ("holder", ticket.holder, holder),
+        ("ttl", ticket.ttl, ttl),
+        ("metadata", ticket.metadata, req.metadata),
+    ):
+        if before != now:
+            raise Invalid(field_name, "differs from the first request with this request_id; use a new request_id")
+    if req.ticket is not None and req.ticket != ticket.id:
+        raise Invalid("ticket", "does not belong to the request with this request_id")

@@ -1,0 +1,64 @@
+"""Read-only queries: environments with their holders and queues, one lease, the audit log."""
+
+from __future__ import annotations
+
+from . import rules
+from .errors import NotFound
+from .model import Environment, Event
+from .outcomes import EnvironmentView, Granted
+from .service_core import Core, Op
+from .store.base import Tx
+
+
+class Queries:
+    """What the routes, the dashboard and the metrics read; none of these changes anything."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def environments(self, name: str | None = None) -> list[EnvironmentView]:
+        """Every environment (or the one named) with its live leases and the queue it could serve."""
+
+        def fn(tx: Tx, op: Op) -> list[EnvironmentView]:
+            if name is None:
+                envs = tx.environments()
+            else:
+                envs = tx.group([name], [])
+                if not envs:
+                    raise NotFound(f'environment "{name}" does not exist')
+            names = [e.name for e in envs]
+            leases = tx.live_leases(names)
+            waiting = tx.waiting_tickets(names, sorted({label for e in envs for label in e.labels}))
+            places = rules.positions(envs, waiting)
+            ordered = sorted(waiting, key=rules.order_key)
+            return [
+                EnvironmentView(
+                    env=e,
+                    leases=[lease for lease in leases if lease.environment == e.name],
+                    queue=[(t, places[t.id]) for t in ordered if rules.can_serve(e, t)],
+                )
+                for e in envs
+                if name is None or e.name == name
+            ]
+
+        return await self.core.run(fn)
+
+    async def lease(self, lease_id: str) -> Granted:
+        """One lease, live or ended, with its environment (a bare one if that was deleted since)."""
+
+        def fn(tx: Tx, op: Op) -> Granted:
+            lease = tx.lease(lease_id)
+            if lease is None:
+                raise NotFound(f"lease {lease_id} does not exist")
+            env = tx.environment(lease.environment) or Environment(name=lease.environment)
+            return Granted(lease, env)
+
+        return await self.core.run(fn)
+
+    async def history(self, environment: str | None, limit: int) -> list[Event]:
+        """The audit log, newest first."""
+        return await self.core.run(lambda tx, op: tx.events(environment, limit))
+
+    async def events_after(self, after: int, limit: int) -> list[Event]:
+        """Up to `limit` events with an id above `after`, oldest first."""
+        return await self.core.run(lambda tx, op: tx.events_after(after, limit))
