@@ -1,4 +1,4 @@
-"""callme.action: everything that runs inside a pipeline, around one `Client`.
+"""callme.client: everything that runs inside a pipeline, around one `Client`.
 
 The names below are the public API (pinned by tests/test_client_api.py). They are loaded on
 first use, so that `call-me --help` does not pay for httpx.

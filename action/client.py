@@ -40,7 +40,7 @@ __all__ = ["Client"]
 
 _T = TypeVar("_T")
 
-_USER_AGENT = "call-me-client/0.1 (+callme.action)"
+_USER_AGENT = "call-me-client/0.1 (+callme.client)"
 
 
 class Client:
@@ -135,7 +135,7 @@ class Client:
     ) -> AbstractContextManager[HeldLease]:
         """Acquire (as `acquire` does), renew in the background every ttl/3, release on exit.
 
-        See `callme.action.keeper.hold`.
+        See `callme.client.keeper.hold`.
         """
         from .keeper import hold
 

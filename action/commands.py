@@ -35,13 +35,14 @@ from .errors import (
 from .format import clock_time, env_lines, go_duration, lease_variables
 from .interrupt import Terminated
 from .models import Lease, Waiting
+from .releasing import release_or_report
 from .state import StateFile, default_path
 from .views import (
+    describe,
     environment_detail,
     environment_summary,
     environments_table,
     history_table,
-    holders_text,
     to_json,
     waiting_line,
 )
@@ -64,7 +65,7 @@ class Context:
         self.state = StateFile(Path(state_path) if state_path else default_path(os.environ))
 
     def client(self) -> Client:
-        return Client(self.settings.url, self.settings.api_key, retry_for=self.settings.retry_for)
+        return self.settings.client()
 
     def remember(self, lease: Lease) -> None:
         """Keep the lease for a later `release ENV`; a failure here must not lose the lease."""
@@ -107,15 +108,6 @@ def dispatch(prog: str, args: argparse.Namespace) -> int:
     except CallMeError as exc:
         print(f"{prog}: {describe(exc)}", file=sys.stderr)
         return exit_code(exc)
-
-
-def describe(error: CallMeError) -> str:
-    """One line: what happened, what it means, what to do."""
-    text = str(error)
-    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
-    if holders:
-        text += f"; {holders_text(holders)}"
-    return f"{text}; {error.hint}" if error.hint else text
 
 
 def exit_code(error: CallMeError) -> ExitCode:
@@ -202,14 +194,16 @@ def release(ctx: Context) -> int:
 
 def _release_quietly(client: Client, lease_id: str, token: str, name: str | None, *, missing_ok: bool = False) -> bool:
     """Release; a lease that already ended is a warning, not a failure. False: the server does not know it."""
-    try:
-        client.release(lease_id, token=token)
-    except LeaseGone:
+
+    def ended(_: LeaseGone) -> None:
         logger.warning(
             "lease %s on %s had already ended (expired or revoked): the slot was free before this release",
             lease_id,
             name or "its environment",
         )
+
+    try:
+        release_or_report(client, lease_id, token=token, on_ended=ended)
     except NotFound:
         if not missing_ok:
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from .client import Client
 from .constants import ENV_API_KEY, ENV_ORIGINAL_API_KEY, ENV_ORIGINAL_HOST, ENV_RETRY_FOR, ENV_URL, RETRY_FOR
 from .errors import ConfigError
 
@@ -14,6 +15,10 @@ class Settings:
     url: str
     api_key: str = dataclasses.field(repr=False)
     retry_for: float = RETRY_FOR
+
+    def client(self) -> Client:
+        """A `Client` for this server and key: the one way the CLI and the Action build one."""
+        return Client(self.url, self.api_key, retry_for=self.retry_for)
 
 
 def resolve(

@@ -41,7 +41,8 @@ from .errors import (
 from .format import clock_time, go_duration, rfc3339
 from .interrupt import Terminated
 from .models import Lease, Waiting
-from .views import holders_text, waiting_line
+from .releasing import release_or_report
+from .views import describe, waiting_line
 from .workflow import FileCommandError, Workflow
 
 __all__ = ["ActionInputs", "BadInput", "acquire_step", "main", "post", "read_inputs", "release_step"]
@@ -126,7 +127,7 @@ def acquire_step(workflow: Workflow) -> int:
 
     interrupt.install()
     try:
-        with _client(inputs.settings) as client:
+        with inputs.settings.client() as client:
             lease = client.acquire(
                 inputs.environment,
                 label=inputs.label,
@@ -139,7 +140,7 @@ def acquire_step(workflow: Workflow) -> int:
                 on_wait=on_wait,
             )
     except CallMeError as exc:
-        workflow.error(_describe(exc))
+        workflow.error(describe(exc, hint=_hint))
         return exit_code(exc)
     except FileCommandError as exc:
         workflow.error(f"could not save the place in the queue for the post step ({exc}); the queue was left")
@@ -199,15 +200,11 @@ def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease, waited: flo
 
 
 def _release_now(workflow: Workflow, inputs: ActionInputs, lease: Lease) -> None:
-    try:
-        with _client(inputs.settings) as client:
-            client.release(lease)
-    except CallMeError as exc:
+    def failed(exc: CallMeError) -> None:
         workflow.warning(f"could not release lease {lease.id} on {lease.environment} ({exc}); it expires by its ttl")
 
-
-def _client(settings: Settings) -> Client:
-    return Client(settings.url, settings.api_key, retry_for=settings.retry_for)
+    with inputs.settings.client() as client:
+        release_or_report(client, lease, on_ended=failed, on_error=failed)
 
 
 def release_step(workflow: Workflow) -> int:
@@ -230,7 +227,7 @@ def release_step(workflow: Workflow) -> int:
     workflow.mask(api_key)
     try:
         settings = resolve(workflow.environ, url=url, api_key=api_key)
-        with _client(settings) as client:
+        with settings.client() as client:
             if lease_id and token:
                 _release(workflow, client, lease_id, token, environment)
             else:
@@ -244,13 +241,13 @@ def release_step(workflow: Workflow) -> int:
 
 
 def _release(workflow: Workflow, client: Client, lease_id: str, token: str, environment: str) -> None:
-    try:
-        client.release(lease_id, token=token)
-    except LeaseGone:
+    def ended(_: LeaseGone) -> None:
         workflow.warning(
             f"lease {lease_id} on {environment} had already ended (expired or revoked) before the post step: "
             "the environment may have been used by someone else meanwhile; give a longer ttl"
         )
+
+    if not release_or_report(client, lease_id, token=token, on_ended=ended):
         return
     workflow.print(f"slot has been freed for environment: {environment}")
     with contextlib.suppress(OSError):  # The summary is a courtesy: never fail the post step over it.
@@ -379,14 +376,9 @@ _HINTS: tuple[tuple[type[CallMeError], str], ...] = (
 )
 
 
-def _describe(error: CallMeError) -> str:
-    """One line: what happened, what it means, and what to change in the step."""
-    text = str(error)
-    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
-    if holders:
-        text += f"; {holders_text(holders)}"
-    hint = next((hint for kind, hint in _HINTS if isinstance(error, kind)), error.hint)
-    return f"{text}; {hint}" if hint else text
+def _hint(error: CallMeError) -> str:
+    """What to change in the step: the input to fix, where the error's own hint names CLI flags."""
+    return next((hint for kind, hint in _HINTS if isinstance(error, kind)), error.hint)
 
 
 def _summary(lease: Lease, waited: float) -> str:

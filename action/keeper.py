@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .constants import RENEW_FRACTION
 from .errors import CallMeError, LeaseGone, LeaseLost
+from .releasing import release_or_report
 from .retry import is_retryable
 
 if TYPE_CHECKING:
@@ -147,12 +148,11 @@ def hold(
 
 def release(client: Client, lease: Lease) -> bool:
     """Release, saying why not instead of raising: this runs on the way out of something else."""
-    try:
-        client.release(lease)
-    except LeaseGone:
+
+    def ended(_: LeaseGone) -> None:
         logger.error("event=release_failed environment=%s lease=%s: it had already ended", lease.environment, lease.id)
-        return False
-    except CallMeError as exc:
+
+    def failed(exc: CallMeError) -> None:
         logger.error(
             "event=release_failed environment=%s lease=%s: %s; it expires by itself at %s",
             lease.environment,
@@ -160,6 +160,8 @@ def release(client: Client, lease: Lease) -> bool:
             exc,
             lease.expires_at,
         )
+
+    if not release_or_report(client, lease, on_ended=ended, on_error=failed):
         return False
     logger.info("event=released environment=%s lease=%s holder=%s", lease.environment, lease.id, lease.holder)
     return True

@@ -20,6 +20,7 @@ from .constants import EXPORT_EXPIRES_AT, EXPORT_LEASE_TOKEN, ExitCode
 from .errors import LeaseLost
 from .format import lease_variables
 from .keeper import hold
+from .views import describe
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -60,7 +61,7 @@ class _Forwarder:
 
 
 def run_command(ctx: Context) -> int:
-    from .commands import describe, print_acquired, wait_printer
+    from .commands import print_acquired, wait_printer
 
     args = ctx.args
     started = time.monotonic()

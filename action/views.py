@@ -1,13 +1,14 @@
-"""What the CLI prints about environments, queues, leases and history."""
+"""What the CLI and the Action print about environments, queues, leases, history and errors."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from .errors import CallMeError, NotGranted, WaitTimeout
 from .format import clock_time, rfc3339, table
 from .models import Environment, Event, Lease, Waiting
 
@@ -39,6 +40,19 @@ def waiting_line(waiting: Waiting) -> str:
         details.append(holders_text(waiting.holders))
     suffix = f" ({'; '.join(details)})" if details else ""
     return f"waiting for free slot on {target}{suffix}"
+
+
+def describe(error: CallMeError, *, hint: Callable[[CallMeError], str] | None = None) -> str:
+    """One line: what happened, what it means (and who holds the slot), what to do.
+
+    What to do is the error's own hint unless `hint` gives the caller's (the Action names its inputs).
+    """
+    text = str(error)
+    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
+    if holders:
+        text += f"; {holders_text(holders)}"
+    advice = error.hint if hint is None else hint(error)
+    return f"{text}; {advice}" if advice else text
 
 
 def environments_table(environments: Sequence[Environment]) -> str:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import pytest
 
 from .pgserver import PostgresServer, available
 from .serverproc import ServerProcess
+from .tooling import tool_missing
 
 
 @pytest.fixture
@@ -27,9 +27,7 @@ def postgres() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL for the session (or CALL_ME_TEST_POSTGRES); under CI=true it never skips."""
     why_not = available()
     if why_not is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests must run in CI: {why_not}")
-        pytest.skip(why_not)
+        tool_missing(f"PostgreSQL: {why_not}")
     server = PostgresServer()
     server.start()
     try:

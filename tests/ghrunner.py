@@ -6,7 +6,8 @@ environment of one step as the runner does: every input that action.yml declares
 `INPUT_<NAME>` (upper-cased, hyphens kept; defaults filled in), fresh output, state and summary
 files, and in the post step `STATE_<name>` for each state the main step saved. The file
 commands are parsed as the runner parses them (`name=value` lines and `name<<DELIMITER`
-blocks), strictly: anything the runner would refuse fails the test.
+blocks), strictly: anything the runner would refuse fails the test. `post_runs` decides, as the
+runner does with action.yml's `post-if`, whether the post step runs at all.
 """
 
 from __future__ import annotations
@@ -157,6 +158,29 @@ class FakeJob:
         if self.in_container:
             return f"{CONTAINER_FILE_COMMANDS}/{path.name}"
         return str(path)
+
+
+def post_runs(action: dict[str, Any], job_status: str) -> bool:
+    """Whether the runner runs the action's post step in a job whose status is `job_status` by then.
+
+    The runner decides with action.yml's `runs.post-if` (default `always()`), evaluated when the
+    post step's turn comes: `success` while no step failed, `failure` once one did, `cancelled`
+    for a cancelled run. Only the status functions are understood here; any other condition
+    fails the test instead of being guessed at.
+    """
+    condition = str(action["runs"].get("post-if", "always()")).strip()
+    if condition.startswith("${{") and condition.endswith("}}"):
+        condition = condition[3:-2].strip()
+    holds = {
+        "always()": True,
+        "success()": job_status == "success",
+        "failure()": job_status == "failure",
+        "cancelled()": job_status == "cancelled",
+        "!cancelled()": job_status != "cancelled",
+    }
+    if condition not in holds:
+        raise ValueError(f"post-if {condition!r} is beyond what this fake runner evaluates")
+    return holds[condition]
 
 
 def input_env(action: dict[str, Any], with_: dict[str, str]) -> dict[str, str]:

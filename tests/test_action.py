@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .ghrunner import FakeJob, StepFiles, load_action
+from .ghrunner import FakeJob, StepFiles, load_action, post_runs
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
 
 ACTION = load_action()
@@ -100,6 +100,33 @@ def run_post(job: FakeJob, main: StepFiles, extra: dict[str, str] | None = None)
         check=False,
     )
     return Step(proc.returncode, proc.stdout, proc.stderr, files)
+
+
+@dataclass
+class JobRun:
+    main: Step
+    later: list[int]  # the exit codes of the job's later steps that ran
+    status: str  # the job's status when the post step's turn came
+    post: Step | None  # None: the runner did not run the post step
+
+
+def run_job(job: FakeJob, later_steps: list[str]) -> JobRun:
+    """A job as the runner runs it: the action's main step, then the job's own steps (shell commands;
+    once one failed the rest are skipped, as steps without `if:` are), then the post step if
+    action.yml's post-if holds for the job's status."""
+    main = run_main(job)
+    status = "success" if main.returncode == 0 else "failure"
+    later = []
+    for command in later_steps:
+        if status != "success":
+            break
+        env = {**_base_env(), **job.context_env()}
+        step = subprocess.run(["sh", "-c", command], cwd=job.workspace, env=env, capture_output=True, check=False)
+        later.append(step.returncode)
+        if step.returncode != 0:
+            status = "failure"
+    post = run_post(job, main.files) if post_runs(ACTION, status) else None
+    return JobRun(main, later, status, post)
 
 
 def make_job(server: ServerProcess, root: Path, name: str = "job", **with_: str) -> FakeJob:
@@ -222,14 +249,15 @@ def test_acquire_sets_outputs_and_the_post_step_releases(
 
 def test_post_releases_after_a_later_step_failed(server: ServerProcess, admin: httpx.Client, tmp_path: Path) -> None:
     job = make_job(server, tmp_path, environment="uat")
-    main = run_main(job)
-    assert main.returncode == 0, main.stdout + main.stderr
-    failing_step = subprocess.run(["sh", "-c", "echo deploy failed; exit 1"], cwd=job.workspace, check=False)
-    assert failing_step.returncode == 1
-    # post-if: always() runs the post step of a failed job.
-    assert ACTION["runs"]["post-if"] == "always()"
-    post = run_post(job, main.files)
-    assert post.returncode == 0, post.stdout + post.stderr
+    run = run_job(job, ["echo deploying to uat", "echo the tests failed; exit 1", "echo never runs"])
+    assert run.main.returncode == 0, run.main.stdout + run.main.stderr
+    assert run.status == "failure"
+    assert run.later == [0, 1], "a step after a failed one ran"
+    assert run.post is not None, (
+        f"the runner skips the post step of a failed job (post-if: {ACTION['runs']['post-if']})"
+    )
+    assert run.post.returncode == 0, run.post.stdout + run.post.stderr
+    assert "slot has been freed for environment: uat" in run.post.stdout
     assert kinds(admin) == ["acquired", "released"]
     assert environment(admin)["leases"] == []
 

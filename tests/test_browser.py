@@ -10,14 +10,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from .serverproc import ADMIN_KEY, CLIENT_KEY, DEFAULT_CONFIG, READ_KEY, ServerProcess
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect = playwright_api.expect
+from .tooling import import_tool, tool_missing
 
 CHROMIUM = os.environ.get("CALL_ME_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -25,7 +24,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
-CLI = [sys.executable, "-m", "callme.action.cli"]
+CLI = [sys.executable, "-m", "callme.client.cli"]
 BOUND = 15_000  # milliseconds any one step may take
 CONFIG = (
     DEFAULT_CONFIG
@@ -50,11 +49,9 @@ name = "perf"
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
+    playwright_api = import_tool("playwright.sync_api")
     if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing; run scripts/browser-setup (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing(f"{CHROMIUM} is missing; run scripts/browser-setup (apt-get install chromium)")
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -126,6 +123,11 @@ def cli(server: ServerProcess, tmp_path: Path) -> Iterator[CLIs]:
         yield clis
     finally:
         clis.close()
+
+
+def expect(actual: object) -> Any:
+    """Playwright's `expect`, imported as a test runs (the chromium fixture made sure it can be)."""
+    return import_tool("playwright.sync_api").expect(actual)
 
 
 def sign_in(page: object, server: ServerProcess, key: str) -> None:

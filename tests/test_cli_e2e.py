@@ -15,7 +15,7 @@ import pytest
 
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
 
-CLI = [sys.executable, "-m", "callme.action.cli"]
+CLI = [sys.executable, "-m", "callme.client.cli"]
 WAITED = re.compile(r"^waited (\d+(\.\d+)?(ms|s)|(\d+h)?\d+m\d+(\.\d+)?s)$")
 BOUND = 15.0  # seconds any one step may take
 
@@ -286,6 +286,6 @@ def test_status_and_admin_commands(server: ServerProcess, tmp_path: Path) -> Non
 
 
 def test_help_does_not_load_httpx() -> None:
-    code = "import sys; from callme.action import cli; cli.build_parser('call-me'); print('httpx' in sys.modules)"
+    code = "import sys; from callme.client import cli; cli.build_parser('call-me'); print('httpx' in sys.modules)"
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND, check=True)
     assert got.stdout.strip() == "False"

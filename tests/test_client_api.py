@@ -7,11 +7,11 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import callme.action
+import callme.client
 import httpx
 import pytest
 import respx
-from callme.action import (
+from callme.client import (
     APIError,
     Busy,
     Client,
@@ -25,7 +25,7 @@ from callme.action import (
     UnexpectedResponse,
     WrongToken,
 )
-from callme.action.format import env_lines, go_duration, lease_variables, property_variable
+from callme.client.format import env_lines, go_duration, lease_variables, property_variable
 
 from .test_client_retry import KEY, URL, FakeTime, lease_json, problem
 
@@ -37,15 +37,15 @@ def router() -> Iterator[respx.MockRouter]:
 
 
 def test_the_public_api_is_pinned() -> None:
-    assert callme.action.__all__ == [
+    assert callme.client.__all__ == [
         "APIError", "Busy", "CallMeError", "Client", "ConfigError", "Conflict", "ConnectError",
         "Environment", "Event", "Forbidden", "Gone", "HeldLease", "Invalid", "Lease", "LeaseGone",
         "LeaseLost", "Maintenance", "NotFound", "NotGranted", "QueueEntry", "RequestTimeout",
         "StateFileDamaged", "TicketGone", "TooLarge", "TransportError", "Unauthorized", "Unavailable",
         "UnexpectedResponse", "WaitTimeout", "Waiting", "WrongToken",
     ]  # fmt: skip
-    for name in callme.action.__all__:
-        assert getattr(callme.action, name).__name__ == name
+    for name in callme.client.__all__:
+        assert getattr(callme.client, name).__name__ == name
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_secrets_stay_out_of_reprs(router: respx.MockRouter) -> None:
         with pytest.raises(Forbidden) as raised:
             client.leave("t_secret")
     assert "t_secret" not in str(raised.value)
-    lease = callme.action.Lease.from_json(lease_json(token="tok-secret"))
+    lease = callme.client.Lease.from_json(lease_json(token="tok-secret"))
     assert "tok-secret" not in repr(lease)
 
 
@@ -114,7 +114,7 @@ def test_durations_print_as_go_does(seconds: float, text: str) -> None:
 
 
 def test_env_lines_are_safe_to_source() -> None:
-    lease = callme.action.Lease.from_json(
+    lease = callme.client.Lease.from_json(
         lease_json() | {"properties": {"base-url": "https://uat.example.com/it's", "x.y": "1"}}
     )
     variables = lease_variables(lease, with_token=True)

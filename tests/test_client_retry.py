@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from callme.action import APIError, Busy, Client, ConnectError, Lease, TicketGone, Unavailable, Waiting, WaitTimeout
-from callme.action.constants import LONG_POLL
+from callme.client import APIError, Busy, Client, ConnectError, Lease, TicketGone, Unavailable, Waiting, WaitTimeout
+from callme.client.constants import LONG_POLL
 
 URL = "http://call-me.test"
 KEY = "secret-api-key"

@@ -10,6 +10,7 @@ tests skip and say why, or fail under CI=true.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
+from .tooling import import_tool, tool_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 GCL = ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
@@ -49,9 +51,7 @@ def gitlab_ci_local() -> Path:
         if result.returncode == 0:
             return GCL
         reason = (result.stderr or result.stdout).strip().splitlines()[-1]
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"gitlab-ci-local is not usable: {reason}")
-    pytest.skip(f"gitlab-ci-local is not usable: {reason}")
+    tool_missing(f"gitlab-ci-local is not usable: {reason}")
 
 
 @dataclass
@@ -174,9 +174,20 @@ def assert_balanced(server: ServerProcess, *, acquired: int) -> list[dict[str, o
     return events
 
 
-def assert_secret_free(pipeline: Pipeline) -> None:
+def job_output(pipeline: Pipeline, job: str) -> list[str]:
+    """What one job printed: gitlab-ci-local prefixes each line with the job's name, padded, then `> `."""
+    line = re.compile(rf"^{re.escape(job)} +> (.*)$")
+    return [found.group(1) for found in map(line.match, pipeline.output.splitlines()) if found]
+
+
+def assert_secret_free(pipeline: Pipeline, *jobs: str) -> None:
+    """No key in the output; each of `jobs` ran SHOW once and its script never saw the lease token."""
+    assert jobs, "name the jobs whose script runs SHOW"
     assert CLIENT_KEY not in pipeline.output
-    assert "token=none" in pipeline.output or "seen:" not in pipeline.output  # the script never sees the token
+    for job in jobs:
+        seen = [line for line in job_output(pipeline, job) if line.startswith("seen: ")]
+        assert len(seen) == 1, f"job {job} printed {len(seen)} 'seen:' lines:\n{pipeline.output}"
+        assert seen[0].endswith(" token=none"), f"job {job}'s script saw the lease token: {seen[0]}"
     leftovers = list((pipeline.repo / ".call-me").glob("*/*")) if (pipeline.repo / ".call-me").exists() else []
     assert leftovers == [], leftovers  # after_script removed the lease file (it holds the token)
 
@@ -209,7 +220,7 @@ def test_include_acquires_shows_the_lease_and_releases(project: MakeProject, ser
     assert "url=https://uat.example.com token=none" in pipeline.output
     assert "db=db'1 lease=l_" in pipeline.output
     assert "(with cli)" in pipeline.output  # auto: the call-me CLI is on PATH
-    assert_secret_free(pipeline)
+    assert_secret_free(pipeline, "deploy")
     events = assert_balanced(server, acquired=1)
     acquired = next(e for e in events if e["kind"] == "acquired")
     assert acquired["holder"] == "org/app#1000 deploy"
@@ -233,7 +244,7 @@ def test_failing_script_still_releases(project: MakeProject, server: ServerProce
     assert pipeline.returncode != 0, pipeline.output
     assert "seen: env=uat" in pipeline.output
     assert "call-me: released uat" in pipeline.output
-    assert_secret_free(pipeline)
+    assert_secret_free(pipeline, "deploy")
     assert_balanced(server, acquired=1)
 
 
@@ -256,7 +267,7 @@ def test_two_pipelines_on_one_environment_take_turns(project: MakeProject, serve
     for pipeline in pipelines:
         assert pipeline.returncode == 0, pipeline.output
         assert "seen: env=shared" in pipeline.output
-        assert_secret_free(pipeline)
+        assert_secret_free(pipeline, "test")
     waited = [p for p in pipelines if "waiting for" in p.output]
     assert len(waited) == 1, [p.output for p in pipelines]
     events = assert_balanced(server, acquired=2)
@@ -283,7 +294,7 @@ def test_component_label_pool_gives_concurrent_jobs_different_environments(
     assert "seen: env=pool-2 fence=" in pipeline.output
     assert "url=https://pool-1.example.com" in pipeline.output
     assert pipeline.output.count("(with curl)") == 2  # the `client` input
-    assert_secret_free(pipeline)
+    assert_secret_free(pipeline, "one", "two")
     events = assert_balanced(server, acquired=2)
     kinds = [e["kind"] for e in events if e["kind"] in ("acquired", "released")]
     assert kinds == ["acquired", "acquired", "released", "released"], events  # held at the same time
@@ -318,7 +329,7 @@ def test_curl_only_path_without_python(project: MakeProject, server: ServerProce
     assert "(with curl)" in pipeline.output
     assert "seen: env=uat fence=1 url=https://uat.example.com token=none" in pipeline.output
     assert "call-me: released uat" in pipeline.output
-    assert_secret_free(pipeline)
+    assert_secret_free(pipeline, "deploy")
     assert_balanced(server, acquired=1)
 
 
@@ -395,7 +406,7 @@ def test_missing_settings_fail_with_a_clear_message(project: MakeProject) -> Non
 
 
 def test_template_declares_only_hidden_jobs() -> None:
-    yaml = pytest.importorskip("yaml")
+    yaml = import_tool("yaml")
     include = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())
     assert list(include) == [".call-me"]
     spec, jobs = yaml.safe_load_all((ROOT / "templates" / "call-me.yml").read_text())
@@ -416,7 +427,7 @@ def _shell_functions() -> str:
 @pytest.mark.parametrize("shell", ["sh", "bash"])
 def test_parser_takes_answers_apart_without_running_them(shell: str, tmp_path: Path) -> None:
     if shutil.which(shell) is None:
-        pytest.skip(f"no {shell} here")
+        tool_missing(f"no {shell} here")
     marker = tmp_path / "ran"
     answer = (
         "CALL_ME_LEASE_ID='l_1'\n"
@@ -460,7 +471,7 @@ def test_parser_takes_answers_apart_without_running_them(shell: str, tmp_path: P
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL then after_script"])
 def test_curl_job_stopped_while_waiting_leaves_the_queue(how: str, server: ServerProcess, tmp_path: Path) -> None:
     """As a runner stops a job: the before_script block in bash, its process group signalled."""
-    yaml = pytest.importorskip("yaml")
+    yaml = import_tool("yaml")
     job = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())[".call-me"]
     with server.client(CLIENT_KEY) as http:
         held = http.post("/v1/leases", json={"environment": "uat", "holder": "someone else", "ttl": 120}).json()
