@@ -145,7 +145,7 @@ CASES = [
     acquire("acquire-request-id-101-chars", env(request_id="r" * 101), "request_id"),
     acquire("acquire-request-id-empty", env(request_id=""), "request_id"),
     raw("acquire-over-64k", "POST", "/v1/leases", b'{"metadata": "' + b"x" * (64 * 1024) + b'"}', 413, "too_large"),
-    # Server bug: lone UTF-16 surrogates pass validation, then fail to encode in the store or the answer (500).
+    # Lone UTF-16 surrogates parse as JSON but could never be stored or sent back: 400 before anything is stored.
     raw(
         "acquire-holder-lone-surrogate",
         "POST",
@@ -205,7 +205,7 @@ CASES = [
     query("history-limit-negative", "GET", "/v1/history?limit=-1", "limit"),
     query("history-limit-float", "GET", "/v1/history?limit=1.5", "limit"),
     query("history-environment-bad-name", "GET", "/v1/history?environment=.uat", "environment"),
-    # Server bug: str.isdigit() accepts "²" and 5000-digit numbers, then int() raises ValueError (500).
+    # str.isdigit() accepts "²", and int() refuses 5000-digit numbers: each must be a 422 naming the field, not a 500.
     query("history-limit-superscript", "GET", "/v1/history?limit=%C2%B2", "limit"),
     query("history-limit-5000-digits", "GET", "/v1/history?limit=" + "9" * 5000, "limit"),
     # leases: renew and release
@@ -325,9 +325,9 @@ def test_too_large_chunked_body_is_refused_without_content_length(state: State) 
     assert _snapshot(state.http) == before
 
 
-# Server bug: NaN, Infinity, numbers beyond a double and lone surrogates in metadata or property names are
-# stored, then the answer (and every later listing of the environment) fails with a 500. Each case gets its
-# own server, since today the change is committed and poisons GET /v1/environments.
+# NaN, Infinity, numbers beyond a double and lone surrogates in metadata or property names could be stored but
+# never sent back as JSON: each is refused (400) before anything is stored. Each case gets its own server, so that
+# a regression that commits one (and so breaks every later GET /v1/environments) cannot spoil the other cases.
 @pytest.mark.parametrize(
     ("method", "path", "content"),
     [
@@ -426,8 +426,8 @@ def test_bearer_key_is_accepted(state: State) -> None:
     assert response.status_code == 200
 
 
-# Server bug: starlette answers 405 from the first Route whose path matches, so Allow lists only that
-# route's methods (RFC 9110 15.5.6: Allow lists the resource's methods).
+# Starlette answers 405 from the first Route whose path matches; Allow must still list every method of the path
+# (RFC 9110 15.5.6), not only that route's.
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from .contract import LongPoller, at
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
 
 ORIGINAL = {"X-API-KEY": ADMIN_KEY}
@@ -273,21 +274,31 @@ def test_sigterm_answers_held_long_polls_at_once_and_exits(server: ServerProcess
 
 
 def test_an_uncollected_grant_is_revoked_and_an_absent_waiter_abandoned(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, env={"CALL_ME_TICKET_GRACE": "1"})
+    grace = 1.5
+    server = ServerProcess(tmp_path, env={"CALL_ME_TICKET_GRACE": str(grace)})
     server.start()
     try:
         held = acquire(server, environment="uat").json()
         ticket = acquire(server, environment="uat", holder="away").json()["ticket"]
         behind = acquire(server, environment="uat", holder="behind", wait=0).json()["ticket"]
+        # A third waiter keeps coming back by long-polls: the slot must reach it once the two others are gone.
+        patient = LongPoller(server, CLIENT_KEY, wait=5.0, environment="uat", holder="patient")
+        patient.start()
+        patient.queued()
+        released = time.monotonic()
         with server.client() as c:
             c.delete(f"/v1/leases/{held['id']}", headers={"X-Lease-Token": held["token"]})
-            time.sleep(2.5)
+            came, status, body = patient.outcome(timeout=grace + 6)
+            assert (status, body["holder"]) == (201, "patient"), body
+            assert came - released >= grace, "the grant was revoked before ticket_grace"
             gone = c.post("/v1/leases", json={"environment": "uat", "ticket": ticket})
             assert (gone.status_code, gone.json()["code"]) == (410, "ticket_gone")
-            kinds = [(e["kind"], e["holder"]) for e in c.get("/v1/history?environment=uat").json()["events"]]
-            assert ("revoked", "away") in kinds
-            assert ("abandoned", "behind") in kinds
             assert c.post("/v1/leases", json={"environment": "uat", "ticket": behind}).status_code == 410
+            history = c.get("/v1/history?environment=uat").json()["events"]
+        times = {(e["kind"], e["holder"]): at(e["at"]) for e in history}
+        assert times[("revoked", "away")] - times[("acquired", "away")] >= grace - 0.001
+        assert times[("abandoned", "behind")] - times[("queued", "behind")] >= grace - 0.001
+        assert times[("acquired", "patient")] - times[("revoked", "away")] < 1.0, "the slot did not pass on"
     finally:
         server.kill()
 
