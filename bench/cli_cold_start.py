@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -23,15 +24,24 @@ COMMANDS = {
 }
 
 
+def interleaved(
+    commands: Mapping[str, Callable[[], list[str]]], runs: int, env: Mapping[str, str] | None = None
+) -> dict[str, list[float]]:
+    """Wall times of each command as a fresh process, `runs` rounds of all of them in turn (bench/run.py uses it)."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    env = dict(env or os.environ, PYTHONDONTWRITEBYTECODE="0")
+    for _ in range(runs):
+        for name, command in commands.items():
+            argv = command()
+            started = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="0")
-    for _ in range(runs):
-        for name, command in COMMANDS.items():
-            started = time.perf_counter()
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
-            times[name].append(time.perf_counter() - started)
+    times = interleaved({name: (lambda c=command: c) for name, command in COMMANDS.items()}, runs)
     base = statistics.median(times["python -c pass"])
     print(f"{'command':<24} {'median ms':>10} {'best ms':>8} {'x python':>9}")
     for name, samples in times.items():
