@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from . import openapi, render, routes_live, routes_maybe, routes_v1
 from .auth import Keyring
 from .clock import Clock
-from .constants import SWEEP_INTERVAL
+from .constants import PRUNE_FIRST_DELAY, PRUNE_INTERVAL, SWEEP_INTERVAL
 from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
 from .http import Parts, parts, route
 from .metrics import Metrics, RequestTimer, TimedStore
@@ -82,6 +82,19 @@ async def _sweeper(service: Service) -> None:
         await asyncio.sleep(SWEEP_INTERVAL)
 
 
+async def _pruner(service: Service) -> None:
+    """Prune old history now and then; apart from the sweeper, so that deadlines never wait for a prune."""
+    await asyncio.sleep(PRUNE_FIRST_DELAY)
+    while True:
+        try:
+            await service.prune()
+        except Unavailable:
+            pass  # already logged; what was not pruned is pruned next time
+        except Exception:
+            log.exception("event=prune_failed")
+        await asyncio.sleep(PRUNE_INTERVAL)
+
+
 def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The application; it opens `store` (or the configured database) on start-up unless already open."""
     owned = store is None
@@ -99,15 +112,17 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         watcher = routes_live.attach(app, service, settings, metrics)
         await service.apply_declared([(e.name, e.change) for e in settings.environments])
         sweeper = asyncio.create_task(_sweeper(service), name="callme-sweeper")
+        pruner = asyncio.create_task(_pruner(service), name="callme-pruner")
         try:
             yield
         finally:
             service.waiters.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher  # ends the event streams; it sees the waiters closed within 0.1 s
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, pruner):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if owned:
                 await the_store.close()
 

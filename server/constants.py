@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_SLOTS = 1000
@@ -34,13 +34,32 @@ DEFAULT_TICKET_GRACE = 60.0
 
 # How often the background task looks for leases and tickets past their deadline.
 SWEEP_INTERVAL = 0.25
-# Ended tickets are kept this long so that a repeated request_id finds what it made (API.md: 24 h).
-REQUEST_ID_RETENTION = 48 * 3600
-PRUNE_INTERVAL = 3600  # seconds between two prunes of ended tickets by the background sweep
+# Operations that share one SQLite commit at most (group commit): bounds the wait of the last one in a batch.
+MAX_BATCH = 256
+# History (events, ended leases, ended tickets) is kept CALL_ME_HISTORY_DAYS, never less than this: a repeated
+# request_id finds what it made for at least 24 h after its ticket ended (API.md).
+REQUEST_ID_RETENTION = 24 * 3600
+DEFAULT_HISTORY_DAYS = 90
+DEFAULT_AUTO_FORGET_DAYS = 30  # an auto-created environment unused this long is forgotten
+MAX_RETENTION_DAYS = 100 * 365
+# The background prune (service_history.py): how often it runs (the first time a minute after start-up, out of
+# the way of the clients coming back after a restart); how many rows (environments, for the forgetting) one of
+# its transactions deletes at most, at least and at first; and how long one should take: each next batch is
+# sized by how long the last one took. Between two, it pauses PRUNE_PAUSE times as long as the last one took.
+PRUNE_INTERVAL = 3600
+PRUNE_FIRST_DELAY = 60
+PRUNE_BATCH = 1000
+FORGET_BATCH = 100
+PRUNE_MIN_BATCH = 20
+PRUNE_FIRST_BATCH = 100
+PRUNE_TARGET = 0.01  # seconds
+PRUNE_PAUSE = 3
 # Event details that metrics read back: an `acquired` event that served a ticket after it waited in the queue,
 # and the `environment_changed` event of an environment created by a first request (tests/test_metrics.py).
 WAITED = "waited {:.3f} s in the queue"
 AUTO_CREATED = "created on first request"
+# The detail of the `environment_deleted` event of an auto-created environment forgotten by the background prune.
+FORGOTTEN = "forgotten: created on first request and unused for {} days (CALL_ME_AUTO_FORGET_DAYS)"
 
 # PostgreSQL: connections (and worker threads) per replica, how long one statement may wait for a lock,
 # how often an operation is re-run after a serialization failure or deadlock, and how often a parked

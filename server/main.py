@@ -81,6 +81,8 @@ Configured by environment variables (a bad value stops start-up with one line na
   CALL_ME_NO_AUTH        run without keys, for local trials only (false)
   CALL_ME_SSE_HEARTBEAT  seconds between heartbeats on /v1/events (15)
   CALL_ME_PG_LISTEN      PostgreSQL: LISTEN/NOTIFY wake-ups, false to poll (true)
+  CALL_ME_HISTORY_DAYS   days events, ended leases and ended tickets are kept (90, at least 1)
+  CALL_ME_AUTO_FORGET_DAYS  days an auto-created environment may go unused before it is forgotten (30)
 
 Example: API_KEY=change-me-please call-me-server
 """

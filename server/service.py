@@ -10,6 +10,7 @@ listeners), one module per concern:
     service_maybe.py    the original /maybe routes, translated into v1 operations
     service_admin.py    create, change and delete environments; apply the configuration file's
     service_reads.py    environments, one lease, the audit log
+    service_history.py  the background prune of old history and of auto-created environments nobody uses
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .outcomes import EnvironmentView, Granted, Queued
 from .rules import Floor
 from .service_admin import Administration
 from .service_core import Core, Listener
+from .service_history import Housekeeping, Pruned
 from .service_leases import Leasing
 from .service_maybe import MaybeTranslation
 from .service_reads import Queries
@@ -45,6 +47,7 @@ class Service:
         self._maybe = MaybeTranslation(core, self._leases)
         self._admin = Administration(core)
         self._queries = Queries(core)
+        self._housekeeping = Housekeeping(core)
 
     # -- leases and tickets -----------------------------------------------------------------------------
 
@@ -65,8 +68,12 @@ class Service:
         await self._leases.release(principal, lease_id, token, force=force)
 
     async def sweep(self) -> None:
-        """Expire leases and abandon tickets past their deadlines, grant what they free, prune old tickets."""
+        """Expire leases and abandon tickets past their deadlines, and grant what they free."""
         await self._leases.sweep()
+
+    async def prune(self) -> Pruned:
+        """Delete history older than history_days and forget idle auto-created environments, in small batches."""
+        return await self._housekeeping.prune()
 
     # -- the original /maybe routes ---------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import secrets
 import time
 
 from . import rules
-from .constants import AUTO_CREATED, PRUNE_INTERVAL, REQUEST_ID_RETENTION
-from .errors import Busy, Forbidden, Invalid, LeaseGone, Maintenance, NotFound, TicketGone, WrongToken
+from .constants import AUTO_CREATED
+from .errors import Busy, Forbidden, Invalid, LeaseGone, Maintenance, NotFound, TicketGone, Unavailable, WrongToken
 from .model import Environment, Lease, Principal, Ticket
 from .outcomes import Granted, Queued
 from .service_core import Core, Op, labels, must, names, target_note
@@ -22,7 +22,6 @@ class Leasing:
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self._last_prune = 0.0  # when the last committed sweep pruned ended tickets (the store's clock)
 
     # -- acquire ----------------------------------------------------------------------------------------
 
@@ -39,6 +38,11 @@ class Leasing:
                 break
             # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
             await core.waiters.wait(outcome.ticket.id, min(remaining, core.store.recheck_interval or remaining))
+            if core.waiters.shutting_down():
+                # Shutting down: every held long-poll is answered at once with its place, without another
+                # transaction each (thousands of them would hold up the exit). A grant made a moment ago is
+                # durable: the ticket collects it when its client comes back.
+                break
             left = max(0.0, deadline - time.monotonic())
             outcome = await core.run(functools.partial(self._poll_fn, outcome.ticket.id, left))
         if isinstance(outcome, Queued):
@@ -98,6 +102,14 @@ class Leasing:
         )
         tx.insert_ticket(ticket)
         group = core.settle(tx, op, names(ticket), labels(ticket), immediate=ticket.id)
+        if req.environment is not None:
+            target = group.env(req.environment)
+            if target is None:
+                # PostgreSQL: deleted (or forgotten) by another replica since it was read above, before it was
+                # locked. Nothing of this attempt stays; the client's retry finds or creates it anew.
+                raise Unavailable(f'environment "{req.environment}" was deleted meanwhile; retry')
+            if target.auto:
+                tx.touch_environment(target.name, op.now)  # in use: not forgotten (service_history.py)
         mine = next((lease for lease in group.live if lease.ticket_id == ticket.id), None)
         if mine is not None:
             return Granted(mine, must(group.env(mine.environment)))
@@ -125,9 +137,10 @@ class Leasing:
             # Rolls this transaction back; the background sweep records the abandonment a moment later.
             raise TicketGone(f"this ticket was abandoned after {self.core.settings.ticket_grace:g} s without a poll")
         if ticket.state == "granted":
-            lease = must(tx.lease(must(ticket.lease_id)))
-            if not lease.live:
-                raise TicketGone(f"the lease granted to this ticket has ended ({lease.state}); post again without it")
+            lease = tx.lease(must(ticket.lease_id))
+            if lease is None or not lease.live:  # a pruned lease ended long ago (service_history.py)
+                state = lease.state if lease is not None else "long ago"
+                raise TicketGone(f"the lease granted to this ticket has ended ({state}); post again without it")
             if lease.collect_by is not None:
                 lease.collect_by = None
                 tx.update_lease(lease)
@@ -212,25 +225,16 @@ class Leasing:
     # -- the background sweep ---------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Expire leases and abandon tickets past their deadlines, grant what they free, and now and then
-        forget tickets that ended more than REQUEST_ID_RETENTION ago."""
+        """Expire leases and abandon tickets past their deadlines, and grant what they free. (Old history is
+        pruned by a task of its own, in small batches: service_history.py.)"""
         core = self.core
-        last_prune = self._last_prune
 
-        def fn(tx: Tx, op: Op) -> float | None:
+        def fn(tx: Tx, op: Op) -> None:
             due_names, due_labels = tx.due(op.now, core.settings.ticket_grace)
             if due_names or due_labels:
                 core.settle(tx, op, due_names, due_labels)
-            if op.now - last_prune > PRUNE_INTERVAL:
-                tx.prune(op.now - REQUEST_ID_RETENTION)
-                return op.now
-            return None
 
-        # The time of the prune is kept only once it is committed: an attempt run again or rolled back
-        # must not make the next sweep skip a prune that never happened.
-        pruned_at = await core.run(fn)
-        if pruned_at is not None:
-            self._last_prune = pruned_at
+        await core.run(fn)
 
 
 def _what(ticket: Ticket) -> str:

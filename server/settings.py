@@ -13,7 +13,9 @@ from typing import Any
 from . import validation
 from .constants import (
     ADMIN_KEY_NAME,
+    DEFAULT_AUTO_FORGET_DAYS,
     DEFAULT_DATABASE,
+    DEFAULT_HISTORY_DAYS,
     DEFAULT_HOST,
     DEFAULT_MAX_TTL,
     DEFAULT_MAX_WAIT,
@@ -23,6 +25,7 @@ from .constants import (
     DEFAULT_TICKET_GRACE,
     DEFAULT_TTL,
     MAX_PRIORITY,
+    MAX_RETENTION_DAYS,
     ROLES,
 )
 from .errors import ConfigError, Invalid
@@ -62,6 +65,10 @@ class Settings:
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT
     # PostgreSQL only: LISTEN/NOTIFY wake-ups across replicas; off behind PgBouncer's transaction pooling.
     pg_listen: bool = True
+    # Events, ended leases and ended tickets are pruned this many days after they happened or ended; an
+    # auto-created environment without a lease, a ticket or a change for auto_forget_days is forgotten.
+    history_days: int = DEFAULT_HISTORY_DAYS
+    auto_forget_days: int = DEFAULT_AUTO_FORGET_DAYS
     keys: tuple[KeyConfig, ...] = ()
     environments: tuple[EnvironmentConfig, ...] = ()
 
@@ -197,6 +204,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         no_auth=_bool(env, "CALL_ME_NO_AUTH", False),
         pg_listen=_bool(env, "CALL_ME_PG_LISTEN", True),
         sse_heartbeat=_float(env, "CALL_ME_SSE_HEARTBEAT", DEFAULT_SSE_HEARTBEAT, 0.05, 3600),
+        history_days=_int(env, "CALL_ME_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, 1, MAX_RETENTION_DAYS),
+        auto_forget_days=_int(env, "CALL_ME_AUTO_FORGET_DAYS", DEFAULT_AUTO_FORGET_DAYS, 1, MAX_RETENTION_DAYS),
     )
     keys: tuple[KeyConfig, ...] = ()
     envs: tuple[EnvironmentConfig, ...] = ()

@@ -50,6 +50,10 @@ class Waiters:
                 if not events:
                     del self._events[ticket_id]
 
+    def shutting_down(self) -> bool:
+        """Whether `close` has been called (a method, so that a check after an await is not narrowed away)."""
+        return self.closed
+
     def close(self) -> None:
         """Shutting down: every held long-poll is answered now."""
         self.closed = True

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from callme.server.settings import load
 
 from .contract import LongPoller, at
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
@@ -321,6 +322,10 @@ def test_a_second_process_on_the_same_file_refuses_to_start(server: ServerProces
         ({"CALL_ME_MAX_WAIT": "-1"}, "CALL_ME_MAX_WAIT: must be from 0"),
         ({"CALL_ME_AUTO_CREATE": "maybe"}, "CALL_ME_AUTO_CREATE: expected true or false"),
         ({"CALL_ME_CONFIG": "/nonexistent.toml"}, "CALL_ME_CONFIG: cannot read"),
+        ({"CALL_ME_HISTORY_DAYS": "0"}, "CALL_ME_HISTORY_DAYS: must be from 1 to 36500, got 0"),
+        ({"CALL_ME_HISTORY_DAYS": "90d"}, "CALL_ME_HISTORY_DAYS: expected a whole number"),
+        ({"CALL_ME_AUTO_FORGET_DAYS": "-1"}, "CALL_ME_AUTO_FORGET_DAYS: must be from 1 to 36500, got -1"),
+        ({"CALL_ME_AUTO_FORGET_DAYS": "1.5"}, "CALL_ME_AUTO_FORGET_DAYS: expected a whole number"),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
@@ -331,6 +336,13 @@ def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path, env: dic
     assert done.returncode == 2
     assert done.stderr.startswith("call-me-server: " + message)
     assert done.stderr.count("\n") == 1
+
+
+def test_history_settings_default_to_90_and_30_days() -> None:
+    defaults = load({"CALL_ME_NO_AUTH": "true"})
+    assert (defaults.history_days, defaults.auto_forget_days) == (90, 30)
+    given = load({"CALL_ME_NO_AUTH": "true", "CALL_ME_HISTORY_DAYS": " 7 ", "CALL_ME_AUTO_FORGET_DAYS": "1"})
+    assert (given.history_days, given.auto_forget_days) == (7, 1)
 
 
 def test_bad_config_file_names_the_setting(tmp_path: Path) -> None:
@@ -368,8 +380,9 @@ def test_server_help_lists_the_settings_and_a_stray_argument_is_refused(tmp_path
     command = [sys.executable, "-m", "callme.server.main"]
     shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=20, cwd=tmp_path)
     assert shown.returncode == 0
-    for setting in ("PORT", "API_KEY", "CALL_ME_DATABASE", "CALL_ME_TICKET_GRACE"):
+    for setting in ("PORT", "API_KEY", "CALL_ME_DATABASE", "CALL_ME_TICKET_GRACE", "CALL_ME_HISTORY_DAYS"):
         assert setting in shown.stdout
+    assert "CALL_ME_AUTO_FORGET_DAYS" in shown.stdout
     refused = subprocess.run([*command, "--port", "80"], capture_output=True, text=True, timeout=20, cwd=tmp_path)
     assert refused.returncode == 2
     assert "unrecognized arguments: --port" in refused.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import sqlite3
 import threading
 import time
@@ -13,13 +15,13 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from callme.server.clock import Clock
-from callme.server.constants import REQUEST_ID_RETENTION, SCHEMA_VERSION
-from callme.server.errors import Busy, ConfigError, TicketGone
+from callme.server.constants import FORGOTTEN, PRUNE_BATCH, REQUEST_ID_RETENTION, SCHEMA_VERSION
+from callme.server.errors import Busy, ConfigError, NotFound, TicketGone
 from callme.server.model import Environment, Event, Lease, Ticket
 from callme.server.outcomes import Granted
-from callme.server.settings import load
+from callme.server.settings import Settings, load
 from callme.server.store import for_database
-from callme.server.store.base import Store, StoreError, Tx
+from callme.server.store.base import Store, StoreError, Tx, connected
 from callme.server.store.migrations import MIGRATIONS, statements
 from callme.server.store.postgres import PostgresStore, redact
 from callme.server.store.sqlite import SQLiteStore
@@ -117,6 +119,126 @@ def test_environments_round_trip_and_groups(opened: Opened) -> None:
     assert names(opened.tx(lambda tx: tx.environments())) == ["b", "c", "d", "e"]
 
 
+def label_rows(store: Store) -> list[tuple[str, str]]:
+    """The rows of the labels table, (environment, label), sorted: read beside the store, not through it."""
+    sql = "SELECT environment, label FROM environment_labels ORDER BY environment, label"
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return [(r[0], r[1]) for r in conn.execute(sql)]
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url) as pg:
+        return [(r[0], r[1]) for r in pg.execute(sql)]
+
+
+def labels_in_step(store: Store | None, envs: list[Environment]) -> list[tuple[str, str]]:
+    """The labels table, checked against the environments' own lists of labels."""
+    assert store is not None
+    rows = label_rows(store)
+    assert rows == sorted((e.name, label) for e in envs for label in e.labels)
+    return rows
+
+
+def test_the_labels_table_follows_every_change_of_labels(opened: Opened) -> None:
+    in_step = lambda: labels_in_step(opened.store, opened.tx(lambda tx: tx.environments()))  # noqa: E731
+    opened.tx(lambda tx: [tx.save_environment(e) for e in (env("a", "L", "M"), env("b", "M"), env("c"))])
+    assert in_step() == [("a", "L"), ("a", "M"), ("b", "M")]
+    opened.tx(lambda tx: tx.save_environment(env("a", "M", "N")))  # relabel: one kept, one dropped, one new
+    opened.tx(lambda tx: tx.save_environment(env("c", "L")))
+    assert in_step() == [("a", "M"), ("a", "N"), ("b", "M"), ("c", "L")]
+    opened.tx(lambda tx: tx.save_environment(env("b")))  # no labels left
+    opened.tx(lambda tx: tx.delete_environment("a"))
+    assert in_step() == [("c", "L")]
+    opened.tx(lambda tx: tx.save_environment(env("a")))  # created again, with none of its old labels
+    assert in_step() == [("c", "L")]
+    assert [e.name for e in opened.tx(lambda tx: tx.group([], ["M"]))] == []
+
+
+def test_the_labels_table_follows_the_service(harness: Harness) -> None:
+    """Declared, relabelled, deleted, force-deleted with a lease, created by a first request."""
+    h = harness
+    in_step = lambda: labels_in_step(h.store, h.environments())  # noqa: E731
+    h.put("a", labels=("L",))
+    h.put("b", labels=("L", "M"))
+    h.put("c", labels=("M",))
+    assert in_step() == [("a", "L"), ("b", "L"), ("b", "M"), ("c", "M")]
+    h.put("b", labels=("N",))  # the group a-L-b-M-c falls apart
+    assert in_step() == [("a", "L"), ("b", "N"), ("c", "M")]
+    assert [e.name for e in h.read(lambda tx: tx.group(["a"], []))] == ["a"]
+    held = h.acquire(request(label="M"))
+    assert isinstance(held, Granted)
+    assert held.lease.environment == "c"
+    h.run(h.svc.delete_environment(ADMIN, "c", force=True))
+    assert in_step() == [("a", "L"), ("b", "N")]
+    h.run(h.svc.delete_environment(ADMIN, "a", force=False))
+    assert in_step() == [("b", "N")]
+    assert isinstance(h.acquire(request("fresh")), Granted)  # created by a first request: no labels
+    assert in_step() == [("b", "N")]
+    assert [e.name for e in h.read(lambda tx: tx.group([], ["L"]))] == []
+
+
+def test_a_group_is_walked_through_shared_labels(opened: Opened) -> None:
+    """Chains of labels, isolated environments, labels nobody carries: the same sets as base.connected."""
+    chain = [env("e0", "L0"), env("e1", "L0", "L1"), env("e2", "L1", "L2"), env("e3", "L2")]
+    others = [env("x"), env("y", "M"), env("z", "M")]
+    opened.tx(lambda tx: [tx.save_environment(e) for e in chain + others])
+    group = lambda names, labels: [e.name for e in opened.tx(lambda tx: tx.group(names, labels))]  # noqa: E731
+    whole = ["e0", "e1", "e2", "e3"]
+    for name in whole:
+        assert group([name], []) == whole
+    assert group([], ["L1"]) == whole
+    assert group(["x"], []) == ["x"]
+    assert group([], ["M"]) == ["y", "z"]
+    assert group(["y", "e3"], ["nobody"]) == [*whole, "y", "z"]
+    assert group([], ["nobody"]) == []
+    assert group(["ghost"], ["nobody"]) == []
+    assert group([], []) == []
+    assert opened.tx(lambda tx: tx.group(["e1"], []))[1] == env("e1", "L0", "L1")  # whole rows, in name order
+    opened.tx(lambda tx: tx.save_environment(env("e1", "L0")))  # the chain breaks at e1-L1
+    assert group(["e0"], []) == ["e0", "e1"]
+    assert group(["e3"], []) == ["e2", "e3"]
+    # Random graphs against the reference walk.
+    rng = random.Random(11)
+    opened.tx(lambda tx: [tx.delete_environment(e.name) for e in tx.environments()])
+    pool = [f"L{i}" for i in range(12)]
+    envs = [env(f"r{i:02}", *rng.sample(pool, rng.choice((0, 1, 1, 2)))) for i in range(40)]
+    opened.tx(lambda tx: [tx.save_environment(e) for e in envs])
+    by_name = {e.name: e for e in envs}
+    for _ in range(30):
+        names = rng.sample([*by_name, "ghost"], rng.randint(0, 2))
+        labels = rng.sample([*pool, "nobody"], rng.randint(0, 2))
+        assert group(names, labels) == connected(names, labels, by_name), (names, labels)
+
+
+def test_a_group_stays_locked_while_labels_change(opened: Opened) -> None:
+    """Decisions through group() while environments join and leave the group: every group returned is the
+    connected set of what is committed, and no update is lost."""
+    opened.tx(lambda tx: [tx.save_environment(e) for e in (env("a", "L"), env("b", "M"), env("c", "M"))])
+
+    def bump(names: list[str], labels: list[str]) -> Callable[[Tx], list[str]]:
+        def fn(tx: Tx) -> list[str]:
+            group = tx.group(names, labels)
+            time.sleep(0.002)
+            assert [e.name for e in group] == connected(names, labels, {e.name: e for e in tx.environments()})
+            for e in group:
+                tx.save_environment(Environment(**{**e.__dict__, "slots": e.slots + 1}))
+            return [e.name for e in group]
+
+        return fn
+
+    def relabel(i: int) -> Callable[[Tx], list[str]]:
+        def fn(tx: Tx) -> list[str]:
+            b = next(e for e in tx.group(["b"], []) if e.name == "b")
+            tx.save_environment(Environment(**{**b.__dict__, "labels": ("M", "L") if i % 2 else ("M",)}))
+            return []
+
+        return fn
+
+    ops = [bump(["a"], []) if i % 3 == 0 else bump([], ["M"]) if i % 3 == 1 else relabel(i) for i in range(45)]
+    groups = _gather(opened, ops)
+    slots = {e.name: e.slots for e in opened.tx(lambda tx: tx.environments())}
+    assert slots == {name: 1 + sum(name in g for g in groups) for name in ("a", "b", "c")}
+
+
 def test_leases(opened: Opened) -> None:
     def fill(tx: Tx) -> None:
         tx.save_environment(env("a"))
@@ -169,6 +291,8 @@ def test_tickets(opened: Opened) -> None:
     assert waiting(["a"], ["L"]) == ["t1", "t3"]
     assert waiting(["a", "b"], []) == ["t2", "t3"]
     assert waiting([], []) == []
+    assert waiting([], ["L", "nobody"]) == ["t1"]
+    assert waiting(["b"], ["L"]) == ["t1", "t2"]
 
     def grant(tx: Tx) -> None:
         t = tx.ticket("t3")
@@ -189,7 +313,7 @@ def test_tickets(opened: Opened) -> None:
     opened.tx(end_granted)
     # prune forgets tickets that ended before the cut, with their request ids; a granted ticket whose lease is
     # live has not ended and stays.
-    opened.tx(lambda tx: tx.prune(20.0))
+    opened.tx(lambda tx: tx.prune_tickets(20.0, 100))
     assert opened.tx(lambda tx: tx.ticket("t4")) is None
     assert opened.tx(lambda tx: tx.ticket("t5")) is None
     assert opened.tx(lambda tx: tx.ticket_by_request("ci", "r5")) is None
@@ -225,10 +349,10 @@ def test_a_granted_ticket_is_forgotten_a_retention_period_after_its_lease_ended(
     h.run(h.svc.maybe_release(ADMIN, "b"))
     with pytest.raises(TicketGone):  # API.md: the same request_id is 410 once its lease has ended ...
         h.acquire(request("a", request_id="r-ended"))
-    h.clock.advance(REQUEST_ID_RETENTION + 1)
+    h.clock.advance(h.settings.history_days * DAY + 1)
     live = h.acquire(request("a", request_id="r-live"))
     assert isinstance(live, Granted)
-    h.run(h.svc.sweep())
+    h.run(h.svc.prune())
     ticket_of = lambda granted: h.read(lambda tx: tx.ticket(granted.lease.ticket_id))  # noqa: E731
     # ... and forgotten once it has been kept long enough; a ticket whose lease is live stays.
     assert (ticket_of(ended), ticket_of(maybe), _tid(ticket_of(live))) == (None, None, live.lease.ticket_id)
@@ -237,6 +361,235 @@ def test_a_granted_ticket_is_forgotten_a_retention_period_after_its_lease_ended(
     repeat = h.acquire(request("a", request_id="r-live"))
     assert isinstance(repeat, Granted)
     assert repeat.lease.id == live.lease.id
+
+
+# -- bounded history: the prune and the forgetting of idle auto-created environments ------------------------
+
+DAY = 86400
+
+
+def test_prune_deletes_in_batches_only_what_ended_before_the_cut(opened: Opened) -> None:
+    def fill(tx: Tx) -> list[int]:
+        tx.insert_ticket(ticket("t-wait", 1, "a", enqueued_at=1.0))  # waiting since long ago: not ended
+        tx.insert_ticket(ticket("t-live", 2, "a", state="granted", lease_id="l-live"))  # its lease is live
+        for i, ended in enumerate((10.0, 11.0, 12.0, 30.0)):
+            tx.insert_ticket(ticket(f"t{i}", 10 + i, "a", state="left", ended_at=ended, request_id=f"r{i}"))
+        tx.insert_lease(lease("l-live", "a", 1, acquired_at=1.0))  # live since long ago
+        for i, ended in enumerate((10.0, 11.0, 12.0, 30.0)):
+            x = lease(f"l{i}", "a", 10 + i, acquired_at=5.0)
+            x.state, x.ended_at = "released", ended
+            tx.insert_lease(x)
+        # Events in id order; the one at 15 comes after one at 25 (a clock set back): it waits for a later prune.
+        return [tx.add_event(Event(at=at, kind="acquired", environment="a")) for at in (1, 2, 3, 4, 5, 25, 15, 30)]
+
+    ids = opened.tx(fill)
+
+    def tickets() -> list[str]:
+        ids = ("t-wait", "t-live", "t0", "t1", "t2", "t3")
+        return sorted(t for t in ids if opened.tx(lambda tx, t=t: tx.ticket(t)) is not None)
+
+    def leases() -> list[str]:
+        ids = ("l-live", "l0", "l1", "l2", "l3")
+        return sorted(x for x in ids if opened.tx(lambda tx, x=x: tx.lease(x)) is not None)
+
+    assert [opened.tx(lambda tx: tx.prune_tickets(20.0, 2)) for _ in range(3)] == [2, 1, 0]
+    assert tickets() == ["t-live", "t-wait", "t3"]
+    assert opened.tx(lambda tx: tx.ticket_by_request("ci", "r0")) is None
+    assert [opened.tx(lambda tx: tx.prune_leases(20.0, 2)) for _ in range(3)] == [2, 1, 0]
+    assert leases() == ["l-live", "l3"]
+    assert [opened.tx(lambda tx: tx.prune_events(20.0, 2)) for _ in range(4)] == [2, 2, 1, 0]
+    remaining = [e.id for e in opened.tx(lambda tx: tx.events_after(0, 100))]
+    assert remaining == ids[5:]
+    # A client resuming from a pruned event gets what remains; ids keep growing after a prune (SSE resumes by id).
+    assert [e.id for e in opened.tx(lambda tx: tx.events_after(ids[0], 100))] == ids[5:]
+    assert opened.tx(lambda tx: tx.prune_events(100.0, 10)) == 3
+    assert opened.tx(lambda tx: tx.add_event(Event(at=200.0, kind="left", environment="a"))) > ids[-1]
+
+
+def test_idle_auto_created_environments_are_found_by_when_they_were_last_used(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        for name, auto in (("a", True), ("b", True), ("c", True), ("declared", False)):
+            tx.save_environment(Environment(name=name, auto=auto, created_at=1.0, updated_at=1.0))
+        for name, at in (("a", 10.0), ("b", 50.0), ("c", 40.0), ("declared", 5.0)):
+            tx.touch_environment(name, at)
+
+    opened.tx(fill)
+    idle = lambda before, limit=10: opened.tx(lambda tx: tx.idle_auto_environments(before, limit))  # noqa: E731
+    assert idle(20.0) == ["a"]
+    assert idle(100.0) == ["a", "c", "b"]  # least recently used first; a declared one never
+    assert idle(100.0, 2) == ["a", "c"]
+    opened.tx(lambda tx: tx.touch_environment("a", 60.0))
+    assert idle(55.0) == ["c", "b"]
+    opened.tx(lambda tx: tx.delete_environment("c"))
+    assert idle(100.0) == ["b", "a"]
+
+
+def _events_before(h: Harness, cut: float) -> list[Event]:
+    return [e for e in h.events() if e.at < cut]
+
+
+def test_prune_removes_old_history_in_batches_and_keeps_what_is_live(harness: Harness) -> None:
+    h = harness
+    h.put("a")
+    old = h.acquire(request("a", request_id="r-old"))
+    assert isinstance(old, Granted)
+    h.run(h.svc.release(ADMIN, old.lease.id, old.lease.token))
+    start = h.clock.now()
+    many = 2 * PRUNE_BATCH + 500  # more old events than two batches
+
+    def long_ago(tx: Tx) -> None:
+        for i in range(many):
+            tx.add_event(Event(at=start, kind="queued", environment="a", seq=i))
+        # A lease held since long ago (renewed for months) and a ticket waiting for it as long: both live.
+        tx.insert_lease(
+            Lease(id="l_held", environment="a", token="k_held", holder="me", metadata={}, fence=tx.next_fence(),
+                  ttl=3600, acquired_at=start, expires_at=start + 1000 * DAY, touched_at=start, key_name="tester")
+        )  # fmt: skip
+        tx.insert_ticket(
+            Ticket(id="t_waiting", seq=tx.next_seq(), key_name="tester", environment="a", label=None, holder="me",
+                   ttl=60, priority=0, metadata={}, enqueued_at=start, seen_at=start + 1000 * DAY)
+        )  # fmt: skip
+
+    h.read(long_ago)
+    first = h.events()[0]
+    h.clock.advance(h.settings.history_days * DAY + 1)
+    h.put("c")
+    recent = h.acquire(request("c", request_id="r-recent"))
+    assert isinstance(recent, Granted)
+    h.run(h.svc.release(ADMIN, recent.lease.id, recent.lease.token))
+    cut = h.clock.now() - h.settings.history_days * DAY
+    kept = [e for e in h.events() if e.at >= cut]
+    assert len(_events_before(h, cut)) == many + 3  # the put, acquired and released of "a" as well
+
+    done = h.run(h.svc.prune())
+    assert (done.tickets, done.leases, done.events, done.forgotten) == (1, 1, many + 3, 0)
+    assert done.largest <= PRUNE_BATCH < many  # the events in several batches, none larger than PRUNE_BATCH
+    assert done.batches >= 1 + 1 + 3 + 1
+    assert h.events() == kept
+    # A client resuming from before the pruned range gets what remains.
+    assert h.run(h.svc.events_after(first.id or 0, 10_000)) == kept
+    with pytest.raises(NotFound):  # API.md: an ended lease is kept for CALL_ME_HISTORY_DAYS
+        h.run(h.svc.lease(old.lease.id))
+    assert h.run(h.svc.lease("l_held")).lease.live
+    assert h.run(h.svc.lease(recent.lease.id)).lease.state == "released"
+    assert [t.id for t in h.waiting()] == ["t_waiting"]
+    with pytest.raises(TicketGone):  # the recent request_id is remembered ...
+        h.acquire(request("c", request_id="r-recent"))
+    with pytest.raises(Busy):  # ... the pruned one is not: a new request ("a" is held, and waited for)
+        h.acquire(request("a", request_id="r-old", queue=False))
+    again = h.run(h.svc.prune())
+    assert (again.tickets, again.leases, again.events, again.batches) == (0, 0, 0, 4)
+
+
+def test_a_granted_ticket_whose_lease_was_pruned_first_is_gone(harness: Harness) -> None:
+    h = harness
+    h.put("a")
+    granted = h.acquire(request("a", request_id="r1"))
+    assert isinstance(granted, Granted)
+    h.run(h.svc.release(ADMIN, granted.lease.id, granted.lease.token))
+    assert h.read(lambda tx: tx.prune_leases(h.clock.now() + 1, 10)) == 1  # the ticket is still there
+    with pytest.raises(TicketGone):
+        h.acquire(request("a", request_id="r1"))
+
+
+def test_request_ids_are_kept_a_day_whatever_the_history_setting(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db.sqlite", settings=Settings(history_days=0, ticket_grace=10, default_ttl=60))
+    try:
+        h.put("a")
+        granted = h.acquire(request("a", request_id="r1"))
+        assert isinstance(granted, Granted)
+        h.run(h.svc.release(ADMIN, granted.lease.id, granted.lease.token))
+        h.clock.advance(REQUEST_ID_RETENTION - 60)
+        assert h.run(h.svc.prune()).tickets == 0
+        with pytest.raises(TicketGone):
+            h.acquire(request("a", request_id="r1"))
+        h.clock.advance(120)
+        assert h.run(h.svc.prune()).tickets == 1
+        assert isinstance(h.acquire(request("a", request_id="r1")), Granted)
+    finally:
+        h.close()
+
+
+def test_idle_auto_created_environments_are_forgotten_and_declared_ones_never(harness: Harness) -> None:
+    h = harness
+    month = h.settings.auto_forget_days * DAY
+    h.put("declared")
+    for name in ("idle", "held", "queued", "used", "promoted"):
+        got = h.acquire(request(name))
+        assert isinstance(got, Granted)
+        h.run(h.svc.release(ADMIN, got.lease.id, got.lease.token))
+    h.put("promoted", description="declared by an admin after a first request")
+    start = h.clock.now()
+
+    def in_use(tx: Tx) -> None:
+        # "held": a lease that lives on (renewed for months); "queued": a ticket still waiting.
+        tx.insert_lease(
+            Lease(id="l_held", environment="held", token="k_held", holder="me", metadata={}, fence=tx.next_fence(),
+                  ttl=3600, acquired_at=start, expires_at=start + 3 * month, touched_at=start, key_name="tester")
+        )  # fmt: skip
+        tx.insert_ticket(
+            Ticket(id="t_queued", seq=tx.next_seq(), key_name="tester", environment="queued", label=None,
+                   holder="me", ttl=60, priority=0, metadata={}, enqueued_at=start, seen_at=start + 3 * month)
+        )  # fmt: skip
+
+    h.read(in_use)
+    h.clock.advance(month / 2)
+    used = h.acquire(request("used"))  # a ticket made for it: in use
+    assert isinstance(used, Granted)
+    h.run(h.svc.release(ADMIN, used.lease.id, used.lease.token))
+    h.clock.advance(month / 2 + 1)
+    names = lambda: [e.name for e in h.environments()]  # noqa: E731
+    assert h.run(h.svc.prune()).forgotten == 1
+    assert names() == ["declared", "held", "promoted", "queued", "used"]
+    deleted = [(e.environment, e.actor, e.detail) for e in h.events() if e.kind == "environment_deleted"]
+    assert deleted == [("idle", None, FORGOTTEN.format(h.settings.auto_forget_days))]
+    # A month on, unused: only the live lease keeps its environment; declared ones stay whatever happens.
+    h.clock.advance(month + 1)
+    h.run(h.svc.sweep())  # ends what the ticket of "queued" was granted and never collected
+    assert h.run(h.svc.prune()).forgotten == 2
+    assert names() == ["declared", "held", "promoted"]
+    assert isinstance(h.acquire(request("idle")), Granted)  # a forgotten name is created again on request
+    assert [e.auto for e in h.environments() if e.name == "idle"] == [True]
+
+
+def _at_version_3(execute: Callable[..., Any], dialect: str) -> None:
+    execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for step in MIGRATIONS[:3]:
+        for statement in statements(getattr(step, dialect)):
+            execute(statement)
+    execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    for name, auto in (("busy", True), ("quiet", True), ("declared", False)):
+        execute("INSERT INTO environments VALUES (?, 1, '[]', '', '{}', ?, NULL, ?, 1.0, 2.0)", (name, False, auto))
+    for at in (300.0, 500.0):
+        execute("INSERT INTO events (at, kind, environment) VALUES (?, 'acquired', 'busy')", (at,))
+    execute("INSERT INTO events (at, kind, environment) VALUES (900.0, 'acquired', 'declared')")
+
+
+def _check_last_used_backfilled(opened: Opened) -> None:
+    try:  # from its newest event, or its last change when it has none; declared ones are never idle
+        assert opened.tx(lambda tx: tx.idle_auto_environments(1e9, 10)) == ["quiet", "busy"]
+        assert opened.tx(lambda tx: tx.idle_auto_environments(500.0, 10)) == ["quiet"]
+    finally:
+        opened.close()
+
+
+def test_a_sqlite_database_of_schema_version_3_gets_when_auto_environments_were_last_used(tmp_path: Path) -> None:
+    path = str(tmp_path / "v3.sqlite")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        _at_version_3(conn.execute, "sqlite")
+    _check_last_used_backfilled(Opened("sqlite", lambda: SQLiteStore(path, Clock())))
+
+
+def test_a_postgres_database_of_schema_version_3_gets_when_auto_environments_were_last_used(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database(empty=True)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            _at_version_3(lambda sql, params=(): conn.execute(sql.replace("?", "%s"), params), "postgres")
+        _check_last_used_backfilled(Opened("postgres", lambda: PostgresStore(url)))
+    finally:
+        postgres.drop_database(url)
 
 
 def test_due(opened: Opened) -> None:
@@ -491,9 +844,10 @@ def test_a_postgres_database_of_schema_version_1_is_migrated(postgres: PostgresS
 def _fill_v1(execute: Callable[..., Any]) -> None:
     execute("UPDATE counters SET value = 41 WHERE name = 'fence'")
     execute("UPDATE counters SET value = 17 WHERE name = 'seq'")
-    execute(
-        "INSERT INTO environments VALUES (?, 1, '[\"L\"]', 'old', '{}', ?, NULL, ?, 1.0, 2.0)", ("uat", False, False)
-    )
+    for name, labels in (("uat", '["L"]'), ("qa", '["M","L"]'), ("solo", "[]"), ("other", '["N"]')):
+        execute(
+            "INSERT INTO environments VALUES (?, 1, ?, 'old', '{}', ?, NULL, ?, 1.0, 2.0)", (name, labels, False, False)
+        )
     execute(
         "INSERT INTO leases VALUES ('l1', 'uat', 'k_x', 'me', '{}', 41, 60, 1.0, 61.0, 1.0, 'ci', 'active', "
         "NULL, 't1', 16, NULL)"
@@ -515,6 +869,10 @@ def _check_migrated(opened: Opened) -> None:
         assert opened.tx(lambda tx: tx.environment("uat")) == Environment(
             name="uat", labels=("L",), description="old", created_at=1.0, updated_at=2.0
         )
+        # Version 4 fills the labels table from the environments' lists of labels, and groups are walked on it.
+        assert label_rows(opened.store) == [("other", "N"), ("qa", "L"), ("qa", "M"), ("uat", "L")]
+        group = lambda names, labels: [e.name for e in opened.tx(lambda tx: tx.group(names, labels))]  # noqa: E731
+        assert (group(["uat"], []), group([], ["M"]), group(["solo"], [])) == (["qa", "uat"], ["qa", "uat"], ["solo"])
         assert _id(opened.tx(lambda tx: tx.lease("l1"))) == "l1"
         tickets = [opened.tx(lambda tx, t=t: tx.ticket(t)) for t in ("t1", "t2")]
         assert [(t.id, t.ended_at) for t in tickets if t is not None] == [

@@ -39,6 +39,13 @@ class Tx(Protocol):
 
     def save_environment(self, env: Environment) -> None: ...
     def delete_environment(self, name: str) -> None: ...
+    def touch_environment(self, name: str, at: float) -> None:
+        """Record that an auto-created environment is in use at `at` (no-op for a declared one)."""
+        ...
+
+    def idle_auto_environments(self, before: float, limit: int) -> list[str]:
+        """Up to `limit` auto-created environments last used before `before`, least recently used first."""
+        ...
 
     def lease(self, lease_id: str) -> Lease | None: ...
     def live_leases(self, environments: Sequence[str]) -> list[Lease]: ...
@@ -68,9 +75,18 @@ class Tx(Protocol):
         """Environments and labels with a lease or ticket past its own deadline (before any floor)."""
         ...
 
-    def prune(self, before: float) -> None:
+    # History, pruned in batches: each deletes at most `limit` rows and returns how many it deleted.
+    def prune_tickets(self, before: float, limit: int) -> int:
         """Forget tickets that ended before `before` (their request_ids with them); a granted ticket ends
         with its lease."""
+        ...
+
+    def prune_leases(self, before: float, limit: int) -> int:
+        """Forget leases that ended before `before`; a live lease is never forgotten."""
+        ...
+
+    def prune_events(self, before: float, limit: int) -> int:
+        """Forget the oldest events, in id order, up to the first one at or after `before`."""
         ...
 
 

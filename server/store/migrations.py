@@ -27,6 +27,45 @@ WHERE state = 'granted' AND ended_at IS NULL
 AND lease_id IN (SELECT id FROM leases WHERE ended_at IS NOT NULL)
 """
 
+# Version 4 (flat cost): `environment_labels` holds one row per label an environment carries (kept in step by
+# save_environment and delete_environment), indexed both ways, so that a group is found by walking only the
+# labels and environments it reaches; the waiting tickets are found by environment and by label, and the
+# sweep finds the leases past a deadline, through partial indexes on the live rows only. Each dialect then
+# fills the labels table from the environments' JSON lists of labels.
+_FLAT_COST = """
+CREATE TABLE environment_labels (
+    label TEXT NOT NULL, environment TEXT NOT NULL, PRIMARY KEY (label, environment)
+);
+CREATE INDEX environment_labels_environment ON environment_labels (environment, label);
+CREATE INDEX tickets_waiting_environment ON tickets (environment, seq) WHERE state = 'waiting';
+CREATE INDEX tickets_waiting_label ON tickets (label, seq) WHERE state = 'waiting';
+CREATE INDEX leases_expiring ON leases (expires_at) WHERE state = 'active';
+CREATE INDEX leases_collecting ON leases (collect_by) WHERE state = 'active';
+"""
+_FILL_LABELS_SQLITE = """
+INSERT OR IGNORE INTO environment_labels (label, environment)
+SELECT j.value, e.name FROM environments AS e, json_each(e.labels) AS j;
+"""
+_FILL_LABELS_POSTGRES = """
+INSERT INTO environment_labels (label, environment)
+SELECT DISTINCT j.label, e.name FROM environments AS e, json_array_elements_text(e.labels::json) AS j(label);
+"""
+# Also version 4 (bounded history): the background prune finds the ended leases by when they ended (as it finds
+# the ended tickets, by tickets_ended), and the auto-created environments unused for long by when they were
+# last used (a ticket made for one, a lease on one ended: Tx.touch_environment), each through its own index,
+# without a scan. last_used_at is backfilled from the environment's newest event (one lookup per environment
+# in events_environment), or its last change if it has none left.
+_BOUNDED_HISTORY = """
+CREATE INDEX leases_ended ON leases (ended_at) WHERE ended_at IS NOT NULL;
+ALTER TABLE environments ADD COLUMN last_used_at {real};
+UPDATE environments SET last_used_at = {greatest}(updated_at, COALESCE(
+    (SELECT at FROM events WHERE events.environment = environments.name ORDER BY id DESC LIMIT 1), updated_at
+)) WHERE auto;
+CREATE INDEX environments_idle ON environments (last_used_at) WHERE auto;
+"""
+_BOUNDED_HISTORY_SQLITE = _BOUNDED_HISTORY.format(real="REAL", greatest="max")
+_BOUNDED_HISTORY_POSTGRES = _BOUNDED_HISTORY.format(real="DOUBLE PRECISION", greatest="GREATEST")
+
 MIGRATIONS: list[Migration] = [
     Migration(
         what="the first schema: environments, leases, tickets, events and the fence and seq counters",
@@ -111,6 +150,12 @@ MIGRATIONS: list[Migration] = [
         what="a granted ticket ends with its lease, so that prune forgets it: backfill those already ended",
         sqlite=_END_GRANTED_TICKETS,
         postgres=_END_GRANTED_TICKETS,
+    ),
+    Migration(
+        what="flat cost: a table of labels to walk a group by, and indexes for every query an operation runs; "
+        "bounded history: what the prune finds ended leases and idle auto-created environments by",
+        sqlite=_FLAT_COST + _FILL_LABELS_SQLITE + _BOUNDED_HISTORY_SQLITE,
+        postgres=_FLAT_COST + _FILL_LABELS_POSTGRES + _BOUNDED_HISTORY_POSTGRES,
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -9,9 +9,10 @@ concurrency per replica; psycopg-pool would only duplicate that (and add threads
 A connection is held for one transaction only, never while a client long-polls.
 
 How it stays atomic and serialised: READ COMMITTED transactions; a decision first locks the environment rows
-of its group (`Tx.group`: the connected set sharing labels) FOR UPDATE, in name order, re-reading the set
-after each round of locks until it is stable. Decisions that could touch the same slot therefore run one
-after the other on every replica, and each statement reads what the one before committed (snapshot
+of its group (`Tx.group`: the connected set sharing labels, walked over `environment_labels` so that only the
+group is read) FOR UPDATE, in name order, walking again after each round of locks until it is stable.
+Decisions that could touch the same slot therefore run one after the other on every replica, and each
+statement reads what the one before committed (snapshot
 isolation would read from a snapshot taken before the lock wait, and grant one slot twice). A row read before
 its lock (a ticket being left, an environment being changed) is written back only if it is unchanged since
 (compare-and-set in the UPDATE); if it changed, the whole operation runs again, as after a serialization
@@ -50,8 +51,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import takewhile
 from typing import Any, TypeVar
 
 import psycopg
@@ -73,7 +75,7 @@ from ..constants import (
     SCHEMA_VERSION,
 )
 from ..model import Environment, Event, Lease, Ticket
-from .base import StoreError, connected, redact
+from .base import StoreError, redact
 from .migrations import MIGRATIONS, statements
 from .rows import (
     ENV_COLUMNS,
@@ -160,6 +162,35 @@ def _ticket_state(ticket: Ticket) -> tuple[Any, ...]:
 
 
 class PostgresTx:
+    # The group, walked and locked in one statement: the named environments and the given labels, then
+    # alternately the labels of the environments reached and the environments carrying the labels reached,
+    # until nothing new is reached (UNION drops what was reached before). Its environment rows are locked FOR
+    # UPDATE in name order (ORDER BY under FOR UPDATE) and read as they are once locked.
+    _GROUP = f"""
+        WITH RECURSIVE node(kind, name) AS (
+            SELECT 'e'::text, name FROM environments WHERE name = ANY(%(names)s::text[])
+            UNION SELECT 'l'::text, label FROM unnest(%(labels)s::text[]) AS label
+            UNION SELECT step.kind, step.name FROM node, LATERAL (
+                SELECT 'l'::text, l.label FROM environment_labels AS l
+                WHERE node.kind = 'e' AND l.environment = node.name
+                UNION ALL
+                SELECT 'e'::text, l.environment FROM environment_labels AS l
+                WHERE node.kind = 'l' AND l.label = node.name
+            ) AS step (kind, name)
+        )
+        SELECT {ENV_COLUMNS} FROM environments WHERE name = ANY(ARRAY(SELECT name FROM node WHERE kind = 'e'))
+        ORDER BY name FOR UPDATE OF environments
+    """
+    # Two lookups, each through its partial index on the waiting tickets, rather than one OR that reads them
+    # all; the second leaves out what the first found.
+    _WAITING = f"""
+        SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' AND environment = ANY(%(envs)s::text[])
+        UNION ALL
+        SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' AND label = ANY(%(labels)s::text[])
+        AND (environment IS NULL OR NOT environment = ANY(%(envs)s::text[]))
+        ORDER BY seq
+    """
+
     def __init__(self, conn: Connection, now: float) -> None:
         self._conn = conn
         self._now = now
@@ -174,7 +205,7 @@ class PostgresTx:
     def now(self) -> float:
         return self._now
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+    def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[DictRow]:
         return self._conn.execute(sql, params).fetchall()
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
@@ -204,23 +235,25 @@ class PostgresTx:
         return self._seen_env(env_from(row))
 
     def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
-        names, labels = list(names), list(labels)
+        params = {"names": list(names), "labels": list(labels)}
         for _ in range(_GROUP_ROUNDS):
-            envs = {e.name: e for e in self.environments()}
-            wanted = connected(names, labels, envs)
-            missing = [name for name in wanted if name not in self._locked]
-            if not missing:
-                return [envs[name] for name in wanted]
-            # ORDER BY under FOR UPDATE: the rows are locked in name order. Labels may have changed while we
-            # waited, so the next round computes the set again from what is committed now.
-            rows = self._all("SELECT name FROM environments WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (missing,))
-            self._locked.update(r["name"] for r in rows)
+            rows = self._all(self._GROUP, params)
+            found = [r["name"] for r in rows]
+            # Stable when every environment found was locked before this walk began: their labels cannot have
+            # changed since (a change of labels locks the environment first), and an environment gaining a
+            # label of the group locks the group before it writes (save_environment). Otherwise labels may
+            # have changed while we waited for a lock: walk again from what is committed now.
+            stable = self._locked.issuperset(found)
+            self._locked.update(found)
+            if stable:
+                return [self._seen_env(env_from(r)) for r in rows]
         raise _Conflict("the group of environments kept changing while it was being locked")
 
     def save_environment(self, env: Environment) -> None:
         base = self._envs.get(env.name, _UNSEEN)
-        if env.name not in self._locked:
-            self.group([env.name], [])  # lock it (if it exists) with its group, in name order
+        # Lock it (if it exists) with its group and the groups of its new labels, in name order, before any
+        # of them gains a label through this change.
+        self.group([env.name], env.labels)
         current = self._envs.get(env.name) if env.name in self._locked else None
         if base is not _UNSEEN and base != current:
             raise _Conflict(f"environment {env.name} changed since it was read")
@@ -252,11 +285,33 @@ class PostgresTx:
             if row is None:
                 raise _Conflict(f"environment {env.name} was created by another operation meanwhile")
             self._locked.add(env.name)
+        if set(env.labels) != set(current.labels if current is not None else ()):
+            labels = list(env.labels)
+            self._conn.execute(
+                "DELETE FROM environment_labels WHERE environment = %s AND NOT label = ANY(%s::text[])",
+                (env.name, labels),
+            )
+            self._conn.execute(
+                "INSERT INTO environment_labels (label, environment) SELECT unnest(%s::text[]), %s "
+                "ON CONFLICT DO NOTHING",
+                (labels, env.name),
+            )
         self._envs[env.name] = env
 
     def delete_environment(self, name: str) -> None:
         self._conn.execute("DELETE FROM environments WHERE name = %s", (name,))
+        self._conn.execute("DELETE FROM environment_labels WHERE environment = %s", (name,))
         self._envs[name] = None
+
+    def touch_environment(self, name: str, at: float) -> None:
+        self._conn.execute("UPDATE environments SET last_used_at = %s WHERE name = %s AND auto", (at, name))
+
+    def idle_auto_environments(self, before: float, limit: int) -> list[str]:
+        rows = self._all(
+            "SELECT name FROM environments WHERE auto AND last_used_at < %s ORDER BY last_used_at LIMIT %s",
+            (before, limit),
+        )
+        return [r["name"] for r in rows]
 
     def lease(self, lease_id: str) -> Lease | None:
         row = self._one(f"SELECT {LEASE_COLUMNS} FROM leases WHERE id = %s", (lease_id,))
@@ -315,11 +370,7 @@ class PostgresTx:
         return self._seen_ticket(ticket_from(row)) if row else None
 
     def waiting_tickets(self, environments: Sequence[str], labels: Sequence[str]) -> list[Ticket]:
-        rows = self._all(
-            f"SELECT {TICKET_COLUMNS} FROM tickets WHERE state = 'waiting' "
-            "AND (environment = ANY(%s) OR label = ANY(%s)) ORDER BY seq",
-            (list(environments), list(labels)),
-        )
+        rows = self._all(self._WAITING, {"envs": list(environments), "labels": list(labels)})
         return [self._seen_ticket(ticket_from(r)) for r in rows]
 
     def insert_ticket(self, ticket: Ticket) -> None:
@@ -383,8 +434,10 @@ class PostgresTx:
         return [event_from(r) for r in rows]
 
     def due(self, now: float, grace: float) -> tuple[list[str], list[str]]:
+        # One lookup per deadline, each through its partial index on the live leases.
         envs = self._all(
-            "SELECT DISTINCT environment FROM leases WHERE state = 'active' AND (expires_at <= %s OR collect_by <= %s)",
+            "SELECT environment FROM leases WHERE state = 'active' AND expires_at <= %s "
+            "UNION SELECT environment FROM leases WHERE state = 'active' AND collect_by <= %s",
             (now, now),
         )
         tickets = self._all(
@@ -395,8 +448,31 @@ class PostgresTx:
         labels = {r["label"] for r in tickets if r["label"] is not None}
         return sorted(names), sorted(labels)
 
-    def prune(self, before: float) -> None:
-        self._conn.execute("DELETE FROM tickets WHERE ended_at IS NOT NULL AND ended_at < %s", (before,))
+    # Replicas prune at once without waiting for each other: each skips the rows another one is deleting.
+    def prune_tickets(self, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM tickets WHERE id IN (SELECT id FROM tickets WHERE ended_at < %s "
+            "ORDER BY ended_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        return self._conn.execute(sql, (before, limit)).rowcount
+
+    def prune_leases(self, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE ended_at < %s "
+            "ORDER BY ended_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        return self._conn.execute(sql, (before, limit)).rowcount
+
+    def prune_events(self, before: float, limit: int) -> int:
+        # Found by id (the primary key), not by time, which has no index: the oldest first, and only as far as
+        # they are all old. Ids are drawn in commit order (_EVENTS_LOCK): none below the last one read can
+        # still appear.
+        rows = self._all("SELECT id, at FROM events ORDER BY id LIMIT %s", (limit,))
+        old = list(takewhile(lambda r: r["at"] < before, rows))
+        if not old:
+            return 0
+        sql = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= %s FOR UPDATE SKIP LOCKED)"
+        return self._conn.execute(sql, (old[-1]["id"],)).rowcount
 
     def publish(self, origin: str) -> None:
         """NOTIFY the other replicas of what this transaction granted and recorded (sent only on commit)."""
