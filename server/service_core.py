@@ -172,7 +172,12 @@ class Core:
                 waiting.append(ticket)
         counts = Counter(lease.environment for lease in live)
         for ticket, env in rules.schedule(envs, counts, waiting):
-            live.append(self.grant(tx, op, ticket, env, collect=ticket.id != immediate))
+            # A client parked in a long-poll on this process gets the lease from this very commit (its request
+            # answers with it), so the grant is collected now: no second commit on the hand-off path.
+            parked = ticket.id != immediate and self.waiters.parked_here(ticket.id)
+            live.append(self.grant(tx, op, ticket, env, collect=ticket.id != immediate and not parked))
+            if parked:
+                op.granted.append(ticket.id)  # wake it after the commit
             waiting.remove(ticket)
         return Group(envs, live, waiting)
 

@@ -50,6 +50,10 @@ class Waiters:
                 if not events:
                     del self._events[ticket_id]
 
+    def parked_here(self, ticket_id: str) -> bool:
+        """Whether a request of this ticket is held open on this process now (safe from the store's thread)."""
+        return ticket_id in self._events
+
     def shutting_down(self) -> bool:
         """Whether `close` has been called (a method, so that a check after an await is not narrowed away)."""
         return self.closed
