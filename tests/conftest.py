@@ -4,10 +4,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from .pgserver import PostgresServer, available
 from .serverproc import ServerProcess
 from .tooling import tool_missing
+
+# scripts/mutation runs with `--hypothesis-profile=mutation`: every mutant meets the same examples, no failure of
+# one mutant is replayed into the next from the example database, and a failing example is not shrunk, since
+# only whether a mutant fails counts.
+settings.register_profile("mutation", database=None, derandomize=True, phases=[Phase.explicit, Phase.generate])
 
 
 @pytest.fixture

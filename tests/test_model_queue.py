@@ -10,6 +10,7 @@ own rules are never the oracle.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -40,11 +41,13 @@ CLIENT = Principal("ci", "client", 1)
 KEYS = {"admin": ADMIN, "client": CLIENT}
 # Things created at the very instant of a start-up are neither clearly before nor after it: step past it.
 AFTER_START = 0.25
-TOLERANCE = 1e-3
+TOLERANCE = 1e-3  # PostgreSQL keeps times to the microsecond
 # Mostly shorter than the grace, so that leases end while their waiters are still there.
 TTLS = st.sampled_from([1, 2, 3, 5, 8, 30])
 # Time that passes before a step: often none, sometimes past a TTL, sometimes about a grace.
-ELAPSED = st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.5, 6.0, 9.5, 10.0, 12.0])  # PostgreSQL keeps times to the microsecond
+ELAPSED = st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.5, 6.0, 9.5, 10.0, 12.0])
+# Examples of the SQLite machine: fewer for a quick run (scripts/mutation runs it once per mutant), more for a long one.
+EXAMPLES = int(os.environ.get("CALL_ME_MODEL_EXAMPLES", "100"))
 
 
 class ModelledLockServer(RuleBasedStateMachine):
@@ -352,7 +355,7 @@ def _seq(answer: object) -> int | None:
 
 
 ModelledLockServer.TestCase.settings = settings(
-    max_examples=100,
+    max_examples=EXAMPLES,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -67,3 +67,14 @@ def test_uncollected_grant_is_revoked_and_abandonment_follows_grace() -> None:
     t.seen_at = 1500.0
     assert not rules.abandoned(t, 1559.9, FLOOR)
     assert rules.abandoned(t, 1560.0, FLOOR)
+    for state in ("granted", "left", "abandoned"):  # only a ticket still in the queue is abandoned
+        t.state = state  # type: ignore[assignment]
+        assert not rules.abandoned(t, 1560.0, FLOOR)
+
+
+def test_label_ticket_weighs_only_the_tickets_behind_it() -> None:
+    # s2 has two slots and t1, ahead, takes one. t2 (a label) then weighs only the tickets behind it: t3 needs
+    # s1, so t2 takes s2's other slot and t3 still gets s1.
+    envs = [Environment("s1", labels=("staging",)), Environment("s2", slots=2, labels=("staging",))]
+    grants = rules.schedule(envs, {}, [ticket(1, "s2"), ticket(2, label="staging"), ticket(3, "s1")])
+    assert [(t.id, env) for t, env in grants] == [("t1", "s2"), ("t2", "s2"), ("t3", "s1")]
