@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import Phase, settings
 
 from .pgserver import PostgresServer, available
-from .serverproc import ServerProcess
+from .serverproc import CLIENT_KEY, ServerProcess
 from .tooling import tool_missing
 
 # scripts/mutation runs with `--hypothesis-profile=mutation`: every mutant meets the same examples, no failure of
@@ -26,6 +27,20 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture
+def admin(server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client of `server` (whichever `server` fixture the test module has) with the admin key."""
+    with server.client() as http:
+        yield http
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client of `server` with the client key."""
+    with server.client(CLIENT_KEY) as http:
+        yield http
 
 
 @pytest.fixture(scope="session")

@@ -47,18 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
 
 
-@pytest.fixture
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client(CLIENT_KEY) as http:
-        yield http
-
-
 def test_a_newcomer_never_overtakes_a_waiter_when_a_lease_expires_between_sweeps(
     admin: httpx.Client, client: httpx.Client
 ) -> None:

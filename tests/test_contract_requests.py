@@ -60,18 +60,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
 
 
-@pytest.fixture
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client(CLIENT_KEY) as http:
-        yield http
-
-
 def _timed(http: httpx.Client, **body: Any) -> tuple[float, httpx.Response]:
     started = time.monotonic()
     answer = http.post("/v1/leases", json=body, timeout=10)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from .contract import environment, granted, lease_state, post, problem, queued, release, running
-from .serverproc import CLIENT_KEY, ServerProcess
+from .serverproc import ServerProcess
 
 TEXT = {"Accept": "text/plain"}
 PROPERTIES = {
@@ -46,18 +46,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         with proc.client() as admin:
             assert admin.put("/v1/environments/text-uat", json={"properties": PROPERTIES}).status_code == 201
         yield proc
-
-
-@pytest.fixture
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client(CLIENT_KEY) as http:
-        yield http
 
 
 def sourced(answer: str, names: list[str], tmp_path: Path) -> dict[str, str]:
