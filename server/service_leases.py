@@ -172,8 +172,9 @@ class Leasing:
 
     # -- renew and release ------------------------------------------------------------------------------
 
-    def _settled_lease_for(self, tx: Tx, op: Op, lease_id: str, token: str | None, *, force: bool = False) -> Lease:
-        """Check the token, settle the lease's environment, and read the lease again: it may have ended."""
+    @staticmethod
+    def _lease_for(tx: Tx, lease_id: str, token: str | None, *, force: bool = False) -> Lease:
+        """The lease, once its token is checked (the token first: nothing about a lease without it)."""
         lease = tx.lease(lease_id)
         if lease is None:
             raise NotFound(f"lease {lease_id} does not exist")
@@ -181,6 +182,11 @@ class Leasing:
             raise WrongToken(
                 f"the token does not match lease {lease_id}; send the token of the 201 answer in X-Lease-Token"
             )
+        return lease
+
+    def _settled_lease_for(self, tx: Tx, op: Op, lease_id: str, token: str | None) -> Lease:
+        """Check the token, settle the lease's environment, and read the lease again: it may have ended."""
+        lease = self._lease_for(tx, lease_id, token)
         self.core.settle(tx, op, [lease.environment], [])
         return must(tx.lease(lease_id))
 
@@ -208,12 +214,15 @@ class Leasing:
         core = self.core
 
         def fn(tx: Tx, op: Op) -> None:
-            lease = self._settled_lease_for(tx, op, lease_id, token, force=force)
-            if lease.state == "released":
+            lease = self._lease_for(tx, lease_id, token, force=force)
+            if not lease.live or rules.lease_ending(lease, op.now, core.floor) is not None:
+                # Ended, or ending now: settle first (which ends it, and grants what that frees), then say so.
+                core.settle(tx, op, [lease.environment], [])
+                lease = must(tx.lease(lease_id))
+                if lease.state != "released":
+                    op.error = LeaseGone(f"lease {lease_id} had already ended ({lease.state})")
                 return
-            if not lease.live:
-                op.error = LeaseGone(f"lease {lease_id} had already ended ({lease.state})")
-                return
+            # Live: end it, then one settle applies the group's other deadlines and grants every freed slot.
             if force:
                 core.end(tx, op, lease, "revoked", principal.name, "forced release by an admin")
             else:

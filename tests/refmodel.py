@@ -121,6 +121,14 @@ class QueueModel:
 
     # -- time ----------------------------------------------------------------------------------------
 
+    def _ending(self, now: float, lease: Lease) -> str | None:
+        """How a live lease ends at `now`, if it does: its grant was not collected, or its TTL ran out."""
+        if lease.collect_by is not None and now >= self._deadline(lease.collect_by, lease.touched_at):
+            return "revoked"
+        if now >= self._deadline(lease.expires_at, lease.touched_at):
+            return "expired"
+        return None
+
     def _deadline(self, deadline: float, touched_at: float) -> float:
         if touched_at <= self.started_at:
             return max(deadline, self.started_at + self.grace)
@@ -173,10 +181,9 @@ class QueueModel:
         group = self.connected(names, labels)
         for name in group:
             for lease in self.live_on(name):
-                if lease.collect_by is not None and now >= self._deadline(lease.collect_by, lease.touched_at):
-                    self._end(lease, "revoked", done)
-                elif now >= self._deadline(lease.expires_at, lease.touched_at):
-                    self._end(lease, "expired", done)
+                ending = self._ending(now, lease)
+                if ending is not None:
+                    self._end(lease, ending, done)
         group_labels = set(labels) | {label for n in group for label in self.envs[n].labels}
         for t in self.waiting():
             mine = t.environment in group if t.environment is not None else t.label in group_labels
@@ -308,13 +315,13 @@ class QueueModel:
     def release(self, now: float, lease_id: str, grants: Grants, *, force: bool = False) -> Happened:
         def fn(done: Happened) -> None:
             lease = self.leases[lease_id]
-            self._settle(now, [lease.environment], [], done)
-            if lease.state == "released":
+            if lease.live and not self._ending(now, lease):
+                self._end(lease, "revoked" if force else "released", done)
+                self._settle(now, [lease.environment], [], done)
                 return
-            if not lease.live:
-                raise Refused("lease_gone")
-            self._end(lease, "revoked" if force else "released", done)
             self._settle(now, [lease.environment], [], done)
+            if lease.state != "released":
+                raise Refused("lease_gone")
 
         return self._transaction(grants, fn, keep_on=("lease_gone",))[1]
 
