@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command in ("request", "run") and (args.environment is None) == (args.label is None):
         parser.error(f"{args.command}: give exactly one of ENV and --label")
     from . import interrupt
+    from .imports import import_httpx_without_its_cli
+
+    import_httpx_without_its_cli()
     from .commands import dispatch
 
     interrupt.install()

@@ -285,7 +285,34 @@ def test_status_and_admin_commands(server: ServerProcess, tmp_path: Path) -> Non
     assert "environment_deleted" in history.stdout
 
 
-def test_help_does_not_load_httpx() -> None:
-    code = "import sys; from callme.client import cli; cli.build_parser('call-me'); print('httpx' in sys.modules)"
-    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND, check=True)
-    assert got.stdout.strip() == "False"
+# What a path must not import: httpx's own CLI (click, rich, pygments), and on the way to a granted
+# lease tenacity (loaded only at a first failure worth retrying), nor anything of the server.
+_HEAVY = ("httpx", "httpcore", "tenacity", "click", "rich", "pygments", "importlib.metadata", "callme.server")
+_PROBE = """
+import sys
+from callme.client import cli
+try:
+    cli.main({argv!r})
+except SystemExit:
+    pass
+print(sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def loaded_by(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """Which of _HEAVY `call-me ARGV` imported, in a fresh interpreter."""
+    code = _PROBE.format(argv=argv, heavy=_HEAVY)
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=BOUND)
+    assert got.returncode == 0, got.stderr
+    return eval(got.stdout.splitlines()[-1])  # noqa: S307 - the repr of a list of names, printed above
+
+
+def test_help_loads_no_http_library() -> None:
+    assert loaded_by(["--help"]) == []
+    assert loaded_by(["request", "--help"]) == []
+
+
+def test_a_granted_request_loads_neither_tenacity_nor_httpx_cli(server: ServerProcess, tmp_path: Path) -> None:
+    env = cli_env(server, tmp_path / "state.json")
+    assert loaded_by(["request", "uat", "--no-wait"], env) == ["httpcore", "httpx"]
+    assert live_leases(server, "uat")  # it did take the lease
