@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, TypeVar
 
 from .constants import RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
 from .errors import APIError, CallMeError, TransportError
+
+if TYPE_CHECKING:
+    import tenacity
 
 logger = logging.getLogger("callme.client")
 
@@ -35,25 +36,6 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, APIError) and error.status in RETRYABLE_STATUSES
 
 
-class _StopAtDeadline(tenacity.stop.stop_base):
-    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
-        self.deadline = deadline
-        self.clock = clock
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        return self.clock() >= self.deadline
-
-
-class _WaitUntilDeadline(tenacity.wait.wait_base):
-    def __init__(self, inner: tenacity.wait.wait_base, deadline: float, clock: Callable[[], float]) -> None:
-        self.inner = inner
-        self.deadline = deadline
-        self.clock = clock
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        return max(0.0, min(self.inner(retry_state), self.deadline - self.clock()))
-
-
 def call_with_retries(
     attempt: Callable[[], _T],
     *,
@@ -66,25 +48,56 @@ def call_with_retries(
 
     The last error is raised as it was, so callers see the client's own exceptions.
     """
+    # Most calls succeed at once, and tenacity costs a command-line run ~5 ms to import: it
+    # loads at the first failure worth retrying, and takes over from there.
+    try:
+        return attempt()
+    except Exception as error:
+        if not is_retryable(error) or clock() >= deadline:
+            raise
+        first_failure = error
+    return _retrying(deadline, clock, sleep, what)(_replaying(first_failure, attempt))
+
+
+def _replaying(failure: Exception, attempt: Callable[[], _T]) -> Callable[[], _T]:
+    """`attempt`, whose first call raises `failure` again: tenacity sees the failure that already
+    happened as its own first attempt, so its attempt numbers, backoff and log line are unchanged."""
+    pending = [failure]
+
+    def replay_then_attempt() -> _T:
+        if pending:
+            raise pending.pop()
+        return attempt()
+
+    return replay_then_attempt
+
+
+def _retrying(
+    deadline: float, clock: Callable[[], float], sleep: Callable[[float], None], what: str
+) -> tenacity.Retrying:
+    import tenacity
+
+    def stop_at_deadline(retry_state: tenacity.RetryCallState) -> bool:
+        return clock() >= deadline
+
+    backoff = tenacity.wait_exponential(multiplier=RETRY_BACKOFF_FIRST, max=RETRY_BACKOFF_MAX)
+    jitter = tenacity.wait_random(0, RETRY_BACKOFF_FIRST)
+
+    def wait_until_deadline(retry_state: tenacity.RetryCallState) -> float:
+        return max(0.0, min(backoff(retry_state) + jitter(retry_state), deadline - clock()))
 
     def log_retry(retry_state: tenacity.RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         logger.warning("%s failed (%s); retrying in %.1fs", what, _short(error), retry_state.upcoming_sleep)
 
-    retrying = tenacity.Retrying(
+    return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),
-        stop=_StopAtDeadline(deadline, clock),
-        wait=_WaitUntilDeadline(
-            tenacity.wait_exponential(multiplier=RETRY_BACKOFF_FIRST, max=RETRY_BACKOFF_MAX)
-            + tenacity.wait_random(0, RETRY_BACKOFF_FIRST),
-            deadline,
-            clock,
-        ),
+        stop=stop_at_deadline,
+        wait=wait_until_deadline,
         sleep=sleep,
         before_sleep=log_retry,
         reraise=True,
     )
-    return retrying(attempt)
 
 
 def _short(error: BaseException | None) -> str:

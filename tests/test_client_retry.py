@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import respx
 from callme.client import APIError, Busy, Client, ConnectError, Lease, TicketGone, Unavailable, Waiting, WaitTimeout
-from callme.client.constants import LONG_POLL
+from callme.client.constants import LONG_POLL, RETRY_BACKOFF_FIRST, RETRY_BACKOFF_MAX
 
 URL = "http://call-me.test"
 KEY = "secret-api-key"
@@ -155,6 +156,28 @@ def test_a_burst_of_503_is_retried_with_growing_jittered_backoff(
     assert len(fake_time.sleeps) == 6
     assert fake_time.sleeps[-1] > fake_time.sleeps[0]
     assert all(0 < s <= 8.25 for s in fake_time.sleeps)
+
+
+def test_backoff_doubles_from_the_first_failure_and_each_retry_is_one_line(
+    router: respx.MockRouter, client: Client, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The schedule of retry.py's docstring, written out: FIRST, 2 FIRST, 4 FIRST ... capped at MAX,
+    # each plus a jitter of up to FIRST. The first failure counts as attempt 1 however it was caught.
+    refused = httpx.ConnectError("connection refused")
+    router.get("/v1/environments/uat").mock(side_effect=[*[refused] * 8, httpx.Response(200, json={"name": "uat"})])
+
+    with caplog.at_level(logging.WARNING, logger="callme.client"):
+        assert client.environment("uat").name == "uat"
+
+    floors = [min(RETRY_BACKOFF_FIRST * 2**n, RETRY_BACKOFF_MAX) for n in range(8)]
+    assert len(fake_time.sleeps) == 8
+    for floor, slept in zip(floors, fake_time.sleeps, strict=True):
+        assert floor <= slept <= floor + RETRY_BACKOFF_FIRST
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 8
+    for line, slept in zip(lines, fake_time.sleeps, strict=True):
+        assert line.startswith("GET /v1/environments/uat failed (could not connect to http://call-me.test: ")
+        assert line.endswith(f"); retrying in {slept:.1f}s")
 
 
 def test_502_and_504_from_a_gateway_are_retried(router: respx.MockRouter, client: Client) -> None:
