@@ -10,9 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from .constants import REQUEST_DEFAULT_TTL, RUN_DEFAULT_TTL
+
+TYPE_CHECKING = False  # as in __init__.py: typing stays out of `--help`
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _EPILOG = """\
 configuration (flags win):
