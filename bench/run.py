@@ -139,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a count of the plan (parked=2000)"
     )
+    parser.add_argument(
+        "--cli-venv",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="VENV",
+        help="cli: also time this venv's call-me, interleaved (e.g. one made by a plain `pip install .`)",
+    )
     args = parser.parse_args(argv)
 
     def interrupted(signum: int, frame: object) -> None:
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {peer} is not installed: its rows are skipped", file=sys.stderr)
 
     procs = Processes()
-    ctx = Context(plan, procs, peers)
+    ctx = Context(plan, procs, peers, cli_venvs=[venv.resolve() for venv in args.cli_venv])
     names = args.only or list(FIGURES)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
