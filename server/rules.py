@@ -6,7 +6,7 @@ API.md live here: never more live leases than slots, grants in queue order, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,10 +68,14 @@ def schedule(
     environments a label ticket could take, it takes the one the fewest later tickets could use.
     """
     free = free_slots(envs, live_counts)
-    ordered = sorted(waiting, key=order_key)
+    left = sum(free.values())
     grants: list[tuple[Ticket, str]] = []
+    if left == 0:
+        return grants  # the common case of a busy group: every slot held, however long its queue
+    ordered = sorted(waiting, key=order_key)
+    usable = _usable(envs)
     for i, ticket in enumerate(ordered):
-        options = [e for e in envs if free.get(e.name, 0) > 0 and can_serve(e, ticket)]
+        options = [e for e in usable(ticket) if free.get(e.name, 0) > 0]
         if not options:
             continue
         if len(options) > 1:
@@ -80,7 +84,41 @@ def schedule(
         chosen = options[0].name
         free[chosen] -= 1
         grants.append((ticket, chosen))
+        left -= 1
+        if left == 0:
+            break
     return grants
+
+
+def _usable(envs: Sequence[Environment]) -> Callable[[Ticket], Sequence[Environment]]:
+    """The environments of `envs` a ticket could use (as `can_serve` says), in the order of `envs`, by lookup."""
+    by_name = {e.name: e for e in envs}
+    by_label: dict[str, list[Environment]] = {}
+    for e in envs:
+        for label in e.labels:
+            by_label.setdefault(label, []).append(e)
+
+    def usable(ticket: Ticket) -> Sequence[Environment]:
+        if ticket.environment is not None:
+            env = by_name.get(ticket.environment)
+            return [env] if env is not None else []
+        return by_label.get(ticket.label or "", [])
+
+    return usable
+
+
+def queues(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, list[Ticket]]:
+    """For each environment, the waiting tickets that could use it, in queue order.
+
+    One pass over the tickets (a label ticket is listed under each environment carrying its label), so that
+    a listing of thousands of environments and waiters costs what it lists, not their product.
+    """
+    by_env: dict[str, list[Ticket]] = {e.name: [] for e in envs}
+    usable = _usable(envs)
+    for ticket in sorted(waiting, key=order_key):
+        for env in usable(ticket):
+            by_env[env.name].append(ticket)
+    return by_env
 
 
 def position(envs: Sequence[Environment], waiting: Sequence[Ticket], ticket: Ticket) -> int:
@@ -92,5 +130,11 @@ def position(envs: Sequence[Environment], waiting: Sequence[Ticket], ticket: Tic
 
 
 def positions(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, int]:
-    """Every waiting ticket's position (see `position`)."""
-    return {ticket.id: position(envs, waiting, ticket) for ticket in waiting}
+    """Every waiting ticket's position (as `position` would give it): in each environment's queue, the
+    tickets ahead of one are its rank there; its position is 1 + its lowest rank."""
+    best: dict[str, int] = {}
+    for queue in queues(envs, waiting).values():
+        for rank, ticket in enumerate(queue):
+            if rank < best.get(ticket.id, rank + 1):
+                best[ticket.id] = rank
+    return {ticket.id: 1 + best.get(ticket.id, 0) for ticket in waiting}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import rules
 from .errors import NotFound
-from .model import Environment, Event
+from .model import Environment, Event, Lease
 from .outcomes import EnvironmentView, Granted
 from .service_core import Core, Op
 from .store.base import Tx
@@ -30,12 +30,15 @@ class Queries:
             leases = tx.live_leases(names)
             waiting = tx.waiting_tickets(names, sorted({label for e in envs for label in e.labels}))
             places = rules.positions(envs, waiting)
-            ordered = sorted(waiting, key=rules.order_key)
+            queues = rules.queues(envs, waiting)
+            held: dict[str, list[Lease]] = {}
+            for lease in leases:
+                held.setdefault(lease.environment, []).append(lease)
             return [
                 EnvironmentView(
                     env=e,
-                    leases=[lease for lease in leases if lease.environment == e.name],
-                    queue=[(t, places[t.id]) for t in ordered if rules.can_serve(e, t)],
+                    leases=held.get(e.name, []),
+                    queue=[(t, places[t.id]) for t in queues[e.name]],
                 )
                 for e in envs
                 if name is None or e.name == name
