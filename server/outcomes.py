@@ -45,6 +45,12 @@ class Queued:
     group: Group
     waited: float = 0.0
 
+    def compact(self) -> Queued:
+        """The same answer without the rest of its group (the other waiters, environments it cannot use):
+        what a parked long-poll keeps while it waits, so that thousands of them stay small."""
+        usable = [e for e in self.group.envs if rules.can_serve(e, self.ticket)]
+        return Queued(self.ticket, self.position, Group(usable, self.group.holders(self.ticket), []), self.waited)
+
 
 @dataclass
 class EnvironmentView:

@@ -36,6 +36,7 @@ class Leasing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            outcome = outcome.compact()
             # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
             await core.waiters.wait(outcome.ticket.id, min(remaining, core.store.recheck_interval or remaining))
             if core.waiters.shutting_down():
