@@ -32,6 +32,22 @@ DEFAULT_MAYBE_TTL = 6 * 3600
 DEFAULT_MAX_WAIT = 25.0
 DEFAULT_TICKET_GRACE = 60.0
 
+# What one connection may cost before it has sent a whole request (server/connections.py). Every parked
+# long-poll and every /v1/events stream holds a connection, so the cap leaves room for the 10,000 parked
+# waiters bench/run.py holds; it is lowered at start-up to what the open-file limit allows, after
+# RESERVED_FILES for the store, the listening socket, the log and the connections being refused.
+DEFAULT_MAX_CONNECTIONS = 16_384
+DEFAULT_READ_TIMEOUT = 10.0  # seconds from a request's first byte until it has arrived whole
+DEFAULT_IDLE_TIMEOUT = 30.0  # seconds a connection may stay open with no request on it
+MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together, as nginx's default 4 x 8k buffers
+MAX_HEAD_FIELDS = 100  # as Apache's LimitRequestFields
+RESERVED_FILES = 64
+REFUSAL_LINGER = 1.0  # seconds a refused connection is read and discarded so that its answer is not reset
+# A log record at WARNING or above is written at most LOG_REPEATS times per LOG_REPEAT_WINDOW seconds for the
+# same logger and message (server/logfilter.py); the rest are counted and the count is told on the next one.
+LOG_REPEATS = 3
+LOG_REPEAT_WINDOW = 1.0
+
 # How often the background task looks for leases and tickets past their deadline.
 SWEEP_INTERVAL = 0.25
 # Operations that share one SQLite commit at most (group commit): bounds the wait of the last one in a batch.

@@ -14,7 +14,12 @@
     ├── TooLarge           413 too_large
     ├── BadJSON            400 invalid
     ├── Invalid            422 invalid       (names the field)
-    └── Unavailable        503 unavailable
+    ├── Unavailable        503 unavailable
+    │   └── AtCapacity     503 unavailable   (beyond CALL_ME_MAX_CONNECTIONS)
+    ├── RequestTimeout     408 invalid       (not sent whole within CALL_ME_READ_TIMEOUT)
+    └── HeadersTooLarge    431 too_large
+
+The last three are answered by the connection (server/connections.py) before the app sees a request.
 
 ConfigError is separate: it stops start-up with one line and never reaches a client.
 """
@@ -93,6 +98,18 @@ class Invalid(CallMeError):
 
 class Unavailable(CallMeError):
     status, code, title = 503, "unavailable", "Store unavailable"
+
+
+class AtCapacity(Unavailable):
+    title = "Too many connections"
+
+
+class RequestTimeout(CallMeError):
+    status, code, title = 408, "invalid", "Request not sent in time"
+
+
+class HeadersTooLarge(CallMeError):
+    status, code, title = 431, "too_large", "Request header fields too large"
 
 
 class ConfigError(Exception):

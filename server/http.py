@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth import Keyring
 from .constants import MAX_BODY_BYTES
-from .errors import Invalid, TooLarge
+from .errors import BadJSON, Invalid, TooLarge
 from .service import Service
 from .settings import Settings
 
@@ -52,11 +52,16 @@ async def body(request: Request) -> bytes:
         raise TooLarge(f"the body is {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise TooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client hung up, or was cut off for sending too slowly (CALL_ME_READ_TIMEOUT): nobody reads the
+        # answer, but it must not be logged as the server's own failure, with two tracebacks, each time.
+        raise BadJSON("the body did not arrive whole: the connection closed first") from None
     return b"".join(chunks)
 
 

@@ -13,7 +13,9 @@ import uvicorn
 
 from .app import create_app
 from .clock import Clock
+from .connections import ConnectionLimits, connection_cap, http_protocol, raise_file_limit
 from .errors import ConfigError
+from .logfilter import RepeatLimit
 from .settings import Settings, load
 from .store import for_database
 from .store.base import StoreError, redact
@@ -47,6 +49,8 @@ async def _serve(settings: Settings) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol(_connection_limits(settings)),
+        ws="none",  # no route speaks WebSocket: one protocol fewer to bound
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
@@ -64,6 +68,22 @@ async def _serve(settings: Settings) -> int:
     finally:
         await store.close()
     return 0 if server.started else 1
+
+
+def _connection_limits(settings: Settings) -> ConnectionLimits:
+    before, open_files = raise_file_limit()
+    if open_files != before:
+        log.info("event=file_limit_raised from=%d to=%d", before, open_files)
+    cap = connection_cap(settings.max_connections, open_files)
+    if cap < settings.max_connections:
+        log.warning(
+            "CALL_ME_MAX_CONNECTIONS=%d is more than the open-file limit of %d allows: at most %d connections are "
+            "admitted; raise the hard limit (ulimit -Hn, LimitNOFILE=, --ulimit nofile=) to admit more",
+            settings.max_connections,
+            open_files,
+            cap,
+        )
+    return ConnectionLimits(max_connections=cap, read_timeout=settings.read_timeout, idle_timeout=settings.idle_timeout)
 
 
 _USAGE = """\
@@ -84,6 +104,13 @@ Configured by environment variables (a bad value stops start-up with one line na
   CALL_ME_PG_LISTEN      PostgreSQL: LISTEN/NOTIFY wake-ups, false to poll (true)
   CALL_ME_HISTORY_DAYS   days events, ended leases and ended tickets are kept (90, at least 1)
   CALL_ME_AUTO_FORGET_DAYS  days an auto-created environment may go unused before it is forgotten (30)
+  CALL_ME_MAX_CONNECTIONS  connections served at once, parked long-polls included; beyond it a new one
+                         gets 503 at once (16384, lowered to what the open-file limit allows)
+  CALL_ME_READ_TIMEOUT   seconds a client may take to send a request, headers and body, from its first
+                         byte (10); a parked long-poll or an event stream is not cut by it
+  CALL_ME_IDLE_TIMEOUT   seconds a connection may stay open with no request on it (30)
+
+Run it behind a TLS proxy whose timeouts towards it exceed CALL_ME_MAX_WAIT (README: Behind a TLS proxy).
 
 Example: API_KEY=change-me-please call-me-server
 """
@@ -111,6 +138,9 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> None:
     _arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    repeats = RepeatLimit()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)
     try:
         settings = load()
     except ConfigError as exc:

@@ -17,10 +17,13 @@ from .constants import (
     DEFAULT_DATABASE,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_TTL,
     DEFAULT_MAX_WAIT,
     DEFAULT_MAYBE_TTL,
     DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
     DEFAULT_SSE_HEARTBEAT,
     DEFAULT_TICKET_GRACE,
     DEFAULT_TTL,
@@ -69,6 +72,11 @@ class Settings:
     # auto-created environment without a lease, a ticket or a change for auto_forget_days is forgotten.
     history_days: int = DEFAULT_HISTORY_DAYS
     auto_forget_days: int = DEFAULT_AUTO_FORGET_DAYS
+    # What a connection may cost before it is authenticated (server/connections.py). A request in flight (a
+    # parked long-poll, an SSE stream) runs under neither timeout.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     keys: tuple[KeyConfig, ...] = ()
     environments: tuple[EnvironmentConfig, ...] = ()
 
@@ -206,6 +214,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sse_heartbeat=_float(env, "CALL_ME_SSE_HEARTBEAT", DEFAULT_SSE_HEARTBEAT, 0.05, 3600),
         history_days=_int(env, "CALL_ME_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, 1, MAX_RETENTION_DAYS),
         auto_forget_days=_int(env, "CALL_ME_AUTO_FORGET_DAYS", DEFAULT_AUTO_FORGET_DAYS, 1, MAX_RETENTION_DAYS),
+        max_connections=_int(env, "CALL_ME_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000),
+        read_timeout=_float(env, "CALL_ME_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, 0.1, 3600),
+        idle_timeout=_float(env, "CALL_ME_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, 0.1, 86400),
     )
     keys: tuple[KeyConfig, ...] = ()
     envs: tuple[EnvironmentConfig, ...] = ()

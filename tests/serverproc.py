@@ -47,6 +47,7 @@ class ServerProcess:
         config: str | None = DEFAULT_CONFIG,
         port: int | None = None,
         database: str | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -67,12 +68,13 @@ class ServerProcess:
             config_path.write_text(config)
             self.env["CALL_ME_CONFIG"] = str(config_path)
         self.env.update(env or {})
+        self.open_files = open_files  # the (soft, hard) RLIMIT_NOFILE the server starts with
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callme.server.main"],
+            self._command(),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -81,6 +83,17 @@ class ServerProcess:
         log.close()
         if wait:
             self.wait_ready()
+
+    def _command(self) -> list[str]:
+        if self.open_files is None:
+            return [sys.executable, "-m", "callme.server.main"]
+        # Set in the child's own interpreter rather than with preexec_fn, which is unsafe in a threaded test run.
+        start = (
+            "import resource, runpy; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, {self.open_files!r}); "
+            "runpy.run_module('callme.server.main', run_name='__main__')"
+        )
+        return [sys.executable, "-c", start]
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -326,6 +326,10 @@ def test_a_second_process_on_the_same_file_refuses_to_start(server: ServerProces
         ({"CALL_ME_HISTORY_DAYS": "90d"}, "CALL_ME_HISTORY_DAYS: expected a whole number"),
         ({"CALL_ME_AUTO_FORGET_DAYS": "-1"}, "CALL_ME_AUTO_FORGET_DAYS: must be from 1 to 36500, got -1"),
         ({"CALL_ME_AUTO_FORGET_DAYS": "1.5"}, "CALL_ME_AUTO_FORGET_DAYS: expected a whole number"),
+        ({"CALL_ME_MAX_CONNECTIONS": "0"}, "CALL_ME_MAX_CONNECTIONS: must be from 1 to 1000000, got 0"),
+        ({"CALL_ME_MAX_CONNECTIONS": "many"}, "CALL_ME_MAX_CONNECTIONS: expected a whole number"),
+        ({"CALL_ME_READ_TIMEOUT": "soon"}, "CALL_ME_READ_TIMEOUT: expected a number of seconds"),
+        ({"CALL_ME_IDLE_TIMEOUT": "0"}, "CALL_ME_IDLE_TIMEOUT: must be from 0.1 to 86400, got 0"),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
@@ -383,6 +387,8 @@ def test_server_help_lists_the_settings_and_a_stray_argument_is_refused(tmp_path
     for setting in ("PORT", "API_KEY", "CALL_ME_DATABASE", "CALL_ME_TICKET_GRACE", "CALL_ME_HISTORY_DAYS"):
         assert setting in shown.stdout
     assert "CALL_ME_AUTO_FORGET_DAYS" in shown.stdout
+    for setting in ("CALL_ME_MAX_CONNECTIONS", "CALL_ME_READ_TIMEOUT", "CALL_ME_IDLE_TIMEOUT"):
+        assert setting in shown.stdout
     refused = subprocess.run([*command, "--port", "80"], capture_output=True, text=True, timeout=20, cwd=tmp_path)
     assert refused.returncode == 2
     assert "unrecognized arguments: --port" in refused.stderr
