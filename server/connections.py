@@ -24,7 +24,7 @@ import contextlib
 import logging
 import resource
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -99,7 +99,8 @@ class _Answered(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TCPTransport has a Transport's methods but is no subclass of asyncio.Transport: no isinstance.
+        transport = cast(asyncio.Transport, transport)
         transport.write(self._answer)
         try:
             transport.write_eof()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -273,10 +274,15 @@ def test_out_of_open_files_the_log_stays_short_and_the_server_serves_again(tmp_p
         # More connections than files: the kernel queues them, the server admits 64, answers some 503 and
         # fails to accept the rest (EMFILE) while they stay open.
         crowd = [_connect(server) for _ in range(400)]
-        time.sleep(3)
+        most = 0
+        for _ in range(30):  # 3 s
+            most = max(most, len(os.listdir(f"/proc/{server.proc.pid}/fd")))
+            time.sleep(0.1)
         lines = server.log().splitlines()[logged:]
         text = "\n".join(lines)
-        assert "out of system resource" in text, "the test did not run the server out of files"
+        # asyncio's loop logs each failed accept; uvloop (libuv) closes what it cannot accept and logs nothing.
+        # Either way the server held every file it may open.
+        assert "out of system resource" in text or most >= 128 - 2, f"the server never ran out of files ({most})"
         assert "event=connection_refused reason=at_capacity" in text
         # Measured: about 60 lines in 3 s (tracebacks included); before the limit, 400,000 in 8 s.
         assert len(lines) < 200, f"{len(lines)} log lines in 3 s"
