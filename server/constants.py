@@ -104,6 +104,7 @@ SSE_RETRY_MS = 3000
 SESSION_TTL = 12 * 3600  # a dashboard session ends this long after sign-in ...
 SESSION_IDLE = 2 * 3600  # ... or after this long unused
 MAX_SESSIONS = 10_000
+FORM_TOKEN_TTL = 2 * 3600  # a form's token made without a session (sign-in) is good this long; then reload
 UTILISATION_WINDOW = 24 * 3600
 UTILISATION_EVENTS = 5000  # at most this many recent events are read for the dashboard's summary
 AUTO_ENVIRONMENTS = "_auto"  # the metrics' one label value for every auto-created environment

@@ -1,10 +1,11 @@
 """The dashboard at `/`: server-rendered pages (Jinja2, every value escaped), a little plain JavaScript that
 re-fetches the live part on each event of /v1/events, sign-in, and the admin's forms.
 
-Every form carries a CSRF token: the session's own (synchronizer), or, without a session (the sign-in
-form, a server without authentication), the double-submit cookie's. A POST with a key in its headers
-needs none: a browser never adds that header by itself. Admin forms act through the same Service calls
-as the API, with the signed-in key's name as the actor.
+Every form POST must come from the dashboard's own pages (Sec-Fetch-Site, Origin: csrf.py) and carry a CSRF
+token: the session's own (synchronizer), or, without a session (the sign-in form, a server without
+authentication), the signed double-submit cookie's. A POST with a key in its headers needs neither: a browser
+never adds that header by itself. Admin forms act through the same Service calls as the API, with the
+signed-in key's name as the actor.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import overview, validation
 from .auth import Keyring
 from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, UTILISATION_EVENTS
-from .errors import CallMeError, Forbidden, Invalid, NotFound
+from .csrf import check_origin
+from .errors import CallMeError, FormRefused, Invalid, NotFound
 from .http import body, parts, route
-from .live import live, require_viewer, session, viewer
+from .live import https, live, require_viewer, session, viewer
 from .model import Principal
 from .render import event_json
-from .sessions import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, new_token, same
+from .sessions import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, cookie_name, same
 
 _HERE = Path(__file__).parent
 _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -35,7 +37,9 @@ _SECURITY_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it a browser sends `Origin: null` even on a same-origin form, and check_origin
+    # needs the real one. Other sites still get no Referer.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -52,17 +56,29 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     """Render with the viewer, a CSRF token for the forms, and the security headers."""
     principal = context.pop("principal", None)
     found = session(request)
-    csrf_cookie = request.cookies.get(CSRF_COOKIE) or new_token()
-    csrf = found.csrf if found is not None else csrf_cookie
+    if found is not None:
+        csrf, cookie = found.csrf, None
+    else:
+        forms = live(request).forms
+        held = request.cookies.get(cookie_name(CSRF_COOKIE, https(request)))
+        csrf = held if held is not None and forms.valid(held) else forms.issue()
+        cookie = csrf if csrf != held else None
     html = templates.get_template(template).render(principal=principal, csrf=csrf, csrf_field=CSRF_FIELD, **context)
     response = HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
-    if found is None and request.cookies.get(CSRF_COOKIE) != csrf_cookie:
-        _cookie(request, response, CSRF_COOKIE, csrf_cookie)
+    if cookie is not None:
+        _cookie(request, response, CSRF_COOKIE, cookie)
     return response
 
 
 def _cookie(request: Request, response: Response, name: str, value: str) -> None:
-    response.set_cookie(name, value, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    secure = https(request)
+    response.set_cookie(cookie_name(name, secure), value, path="/", httponly=True, samesite="strict", secure=secure)
+
+
+def _forget(request: Request, response: Response, name: str) -> None:
+    # With the attributes it was set with: a browser ignores a __Host- cookie set (or cleared) without Secure.
+    secure = https(request)
+    response.delete_cookie(cookie_name(name, secure), path="/", secure=secure, httponly=True, samesite="strict")
 
 
 def _error_page(request: Request, exc: CallMeError, principal: Principal | None) -> HTMLResponse:
@@ -74,13 +90,22 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
 
-def _check_csrf(request: Request, form: dict[str, str]) -> None:
+def _check_form(request: Request, form: dict[str, str]) -> None:
+    """A state-changing form: from our own pages (csrf.check_origin), with the session's token or, without a
+    session, a double-submit token this process signed."""
     if Keyring.presented(request.headers) is not None:
         return
+    check_origin(request)
     found = session(request)
-    expected = found.csrf if found is not None else request.cookies.get(CSRF_COOKIE)
-    if not same(form.get(CSRF_FIELD), expected):
-        raise Forbidden("the form's CSRF token is missing or wrong; reload the page and try again")
+    if found is not None:
+        good = same(form.get(CSRF_FIELD), found.csrf)
+    else:
+        held = request.cookies.get(cookie_name(CSRF_COOKIE, https(request)))
+        good = same(form.get(CSRF_FIELD), held) and live(request).forms.valid(held)
+    if not good:
+        raise FormRefused(
+            "the form's CSRF token is missing, wrong or too old, so nothing was done; reload the page and try again"
+        )
 
 
 async def _overview(request: Request) -> dict[str, Any]:
@@ -153,8 +178,8 @@ async def signin_page(request: Request) -> Response:
 async def signin(request: Request) -> Response:
     form = await _form(request)
     try:
-        _check_csrf(request, form)
-    except Forbidden as exc:
+        _check_form(request, form)
+    except FormRefused as exc:
         return _error_page(request, exc, None)
     key = form.get("key", "").strip()
     principal = parts(request).keyring.identify({"x-api-key": key}) if key else None
@@ -162,29 +187,31 @@ async def signin(request: Request) -> Response:
         message = "That key is not known here. Check it (keys are case-sensitive) or ask an admin for one."
         return _page(request, "signin.html", 401, principal=None, message=message)
     sessions = live(request).sessions
-    sessions.end(request.cookies.get(SESSION_COOKIE))  # a sign-in never leaves an earlier session alive
+    sessions.end(
+        request.cookies.get(cookie_name(SESSION_COOKIE, https(request)))
+    )  # a sign-in never leaves an earlier session alive
     cookie, _ = sessions.create(principal)
     response = RedirectResponse("/", status_code=303)
     _cookie(request, response, SESSION_COOKIE, cookie)
-    response.delete_cookie(CSRF_COOKIE, path="/")
+    _forget(request, response, CSRF_COOKIE)
     return response
 
 
 async def signout(request: Request) -> Response:
     form = await _form(request)
     try:
-        _check_csrf(request, form)
-    except Forbidden as exc:
+        _check_form(request, form)
+    except FormRefused as exc:
         return _error_page(request, exc, viewer(request))
-    live(request).sessions.end(request.cookies.get(SESSION_COOKIE))
+    live(request).sessions.end(request.cookies.get(cookie_name(SESSION_COOKIE, https(request))))
     response = RedirectResponse("/signin", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    _forget(request, response, SESSION_COOKIE)
     return response
 
 
 async def _admin_form(request: Request) -> tuple[Principal, dict[str, str]]:
     form = await _form(request)
-    _check_csrf(request, form)
+    _check_form(request, form)
     return require_viewer(request, "admin"), form
 
 

@@ -3,6 +3,7 @@
     CallMeError
     ├── Unauthorized       401 unauthorized
     ├── Forbidden          403 forbidden
+    │   └── FormRefused    403 forbidden     (a dashboard form from elsewhere, or without its token)
     ├── WrongToken         403 wrong_token
     ├── NotFound           404 not_found
     ├── MethodNotAllowed   405 invalid
@@ -46,6 +47,10 @@ class Unauthorized(CallMeError):
 
 class Forbidden(CallMeError):
     status, code, title = 403, "forbidden", "The key's role does not allow this"
+
+
+class FormRefused(Forbidden):
+    title = "Form refused"
 
 
 class WrongToken(CallMeError):

@@ -8,18 +8,20 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from .auth import Keyring
+from .csrf import FormTokens
 from .errors import Forbidden, Unauthorized
 from .events import EventHub
 from .http import parts
 from .metrics import Metrics
 from .model import Principal, Role
-from .sessions import SESSION_COOKIE, Session, Sessions
+from .sessions import SESSION_COOKIE, Session, Sessions, cookie_name
 
 
 @dataclass
 class Live:
     hub: EventHub
     sessions: Sessions
+    forms: FormTokens
     metrics: Metrics
     heartbeat: float
 
@@ -32,7 +34,12 @@ def live(request: Request) -> Live:
 def session(request: Request) -> Session | None:
     if Keyring.presented(request.headers) is not None:
         return None  # a key in the headers speaks for itself
-    return live(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    return live(request).sessions.get(request.cookies.get(cookie_name(SESSION_COOKIE, https(request))))
+
+
+def https(request: Request) -> bool:
+    """Whether the browser reached us over https (uvicorn reads X-Forwarded-Proto from FORWARDED_ALLOW_IPS)."""
+    return request.url.scheme == "https"
 
 
 def viewer(request: Request) -> Principal | None:

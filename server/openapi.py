@@ -501,7 +501,7 @@ def _live_paths() -> dict[str, Schema]:
             "get": _op("signinPage", "The sign-in page", {"200": _html("the form")}, role=None),
             "post": _op(
                 "signin",
-                "Turn a key into a session cookie (HttpOnly, SameSite=Strict; Secure over https)",
+                "Turn a key into a session cookie (HttpOnly, SameSite=Strict; Secure and __Host- prefixed over https)",
                 {"303": _bare("signed in; to the dashboard"), **_page_errors(401, 403, 413)},
                 role=None,
                 requestBody=_form("csrf", "key"),
@@ -581,7 +581,12 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
-                "Session": {"type": "apiKey", "in": "cookie", "name": "callme_session"},
+                "Session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "callme_session",
+                    "description": "named __Host-callme_session over https",
+                },
             },
         },
     }

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import dashboard, events
+from .csrf import FormTokens
 from .errors import CallMeError
 from .events import EventHub
 from .http import parts, route
@@ -38,7 +39,9 @@ async def metrics(request: Request) -> Response:
 def attach(app: Starlette, service: Service, settings: Settings, metrics: Metrics) -> asyncio.Task[None]:
     """Wire the hub and the metrics to the service; the task returned ends every stream at shutdown."""
     hub = EventHub()
-    app.state.live = Live(hub=hub, sessions=Sessions(), metrics=metrics, heartbeat=settings.sse_heartbeat)
+    app.state.live = Live(
+        hub=hub, sessions=Sessions(), forms=FormTokens(), metrics=metrics, heartbeat=settings.sse_heartbeat
+    )
     service.listeners.extend([hub.publish, metrics.record])
 
     async def run() -> None:

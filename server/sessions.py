@@ -20,10 +20,11 @@ from .constants import MAX_SESSIONS, SESSION_IDLE, SESSION_TTL
 from .model import Principal
 
 SESSION_COOKIE = "callme_session"
-# The double-submit CSRF cookie of forms sent without a session: the sign-in form, and every form of a
-# server run without authentication.
+# The signed double-submit CSRF cookie of forms sent without a session (csrf.py): the sign-in form, and every
+# form of a server run without authentication.
 CSRF_COOKIE = "callme_csrf"
 CSRF_FIELD = "csrf"
+HOST_PREFIX = "__Host-"
 
 
 @dataclass
@@ -33,6 +34,13 @@ class Session:
     csrf: str = field(repr=False)
     created: float
     seen: float
+
+
+def cookie_name(name: str, https: bool) -> str:
+    """The name a cookie goes by. Over https it is `__Host-` prefixed: a browser then accepts it only with
+    Secure, Path=/ and no Domain, set by this very origin, so neither a sibling subdomain nor a plain-http
+    man in the middle can plant one. Plain http (a local server, the tests) cannot carry the prefix."""
+    return HOST_PREFIX + name if https else name
 
 
 def new_token() -> str:

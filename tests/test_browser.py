@@ -5,10 +5,16 @@ test-output/browser/."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +252,77 @@ def test_a_hostile_holder_is_shown_as_inert_text(page: object, server: ServerPro
     expect(card(page, "uat").locator("td.holder")).to_contain_text(hostile)  # type: ignore[attr-defined]
     assert card(page, "uat").locator("td.holder img, td.holder script, td.holder a").count() == 0  # type: ignore[attr-defined]
     assert page.evaluate("window.__pwned") is None  # type: ignore[attr-defined]
+
+
+@contextmanager
+def sibling_site(pages: dict[str, str]) -> Iterator[str]:
+    """Pages served on another port of 127.0.0.1: another origin of the same site, as a sibling subdomain is. It
+    can plant cookies the dashboard receives (cookies ignore ports), and the dashboard's SameSite=Strict cookies
+    go along with its forms."""
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _auto_submit(action: str, fields: dict[str, str], cookie: str = "") -> str:
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items()
+    )
+    plant = f"document.cookie = {json.dumps(cookie)};" if cookie else ""
+    return (
+        f'<!doctype html><form id="f" method="post" action="{html.escape(action)}">{inputs}</form>'
+        f'<script>{plant} document.getElementById("f").submit();</script>'
+    )
+
+
+def test_a_sibling_site_can_neither_act_for_a_signed_in_admin_nor_sign_a_visitor_in(
+    page: object, chromium: object, server: ServerProcess, cli: CLIs
+) -> None:
+    cli.run("shop", "request", "uat", "--holder", "org/shop#52")
+    sign_in(page, server, ADMIN_KEY)
+    lease = card(page, "uat").locator("tr[data-lease]").get_attribute("data-lease")  # type: ignore[attr-defined]
+    token = page.locator("input[name=csrf]").first.input_value()  # type: ignore[attr-defined]  # say it leaked
+    found = re.search(r'name="csrf" value="([^"]+)"', httpx.get(server.url + "/signin").text)
+    assert found
+    genuine = found.group(1)  # a sign-in token the server made, fetched by the attacker for itself
+    pages = {
+        "/release": _auto_submit(f"{server.url}/ui/leases/{lease}/release", {"csrf": token}),
+        "/signin": _auto_submit(
+            f"{server.url}/signin", {"csrf": genuine, "key": READ_KEY}, cookie=f"callme_csrf={genuine}; path=/"
+        ),
+    }
+    with sibling_site(pages) as sibling:
+        page.goto(sibling + "/release")  # type: ignore[attr-defined]
+        expect(page.get_by_role("heading", name="Form refused")).to_be_visible()  # type: ignore[attr-defined]
+        with httpx.Client(base_url=server.url, headers={"X-API-KEY": READ_KEY}) as read:
+            assert read.get(f"/v1/leases/{lease}").json()["state"] == "active"
+
+        visitor = chromium.new_context()  # type: ignore[attr-defined]
+        try:
+            tab = visitor.new_page()
+            tab.set_default_timeout(BOUND)
+            tab.goto(sibling + "/signin")
+            expect(tab.get_by_role("heading", name="Form refused")).to_be_visible()
+            tab.goto(server.url + "/")
+            expect(tab).to_have_url(server.url + "/signin")  # not signed in with the attacker's key
+        finally:
+            visitor.close()

@@ -223,7 +223,10 @@ def test_over_https_the_session_cookie_is_secure(tmp_path: Path) -> None:
                 form = await browser.get("/signin")
                 answer = await browser.post("/signin", data={"csrf": csrf_of(form), "key": ADMIN_KEY})
                 assert answer.status_code == 303
-                cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("callme_session="))
+                # Over https the cookie is __Host- prefixed (see tests/test_dashboard_csrf.py), hence Secure and Path=/.
+                cookie = next(
+                    c for c in answer.headers.get_list("set-cookie") if c.startswith("__Host-callme_session=")
+                )
                 assert "secure" in {part.strip().lower() for part in cookie.split(";")}
                 assert (await browser.get("/")).status_code == 200
 
