@@ -15,16 +15,20 @@ nothing, so this never holds two leases.
 
 On giving up (timeout, KeyboardInterrupt, cancellation, any error) the loop leaves the queue
 at once, so that a grant does not sit unused for `ticket_grace`.
+
+A process that may die without giving up (SIGKILL) hands each request to `on_request` before
+its first POST, to keep it somewhere; whoever comes after gives back what it made with
+`withdraw`, which needs nothing but that request.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .errors import APIError, CallMeError, ConnectError, TicketGone, WaitTimeout
+from .errors import APIError, CallMeError, ConnectError, NotFound, NotGranted, TicketGone, WaitTimeout
 from .format import go_duration
 from .models import JSON, Lease, Waiting
 
@@ -34,6 +38,36 @@ if TYPE_CHECKING:
 logger = logging.getLogger("callme.client")
 
 _GATEWAY_STATUSES = frozenset({502, 504})
+# What may differ between repeats of one request_id (API.md); withdraw sets its own.
+_PER_ATTEMPT_FIELDS = frozenset({"wait", "queue", "ticket"})
+
+
+def withdraw(client: Client, request: Mapping[str, Any], *, deadline: float) -> Lease | Waiting | None:
+    """Give back whatever `request` (an acquire's body, request_id included) made; None: nothing.
+
+    It is sent again as a repeat (same request_id and fields, so the server finds what the first
+    one made: a 422 if they differ) with `queue: false` and `wait: 0`, so that a request the server
+    never saw takes no place in the queue now. Then the lease it answers with is released (one
+    the first request got, or one granted to this repeat just now) or the place is left: nothing
+    is held after it. Busy or Maintenance: the first request made nothing and neither did this.
+    A 410 `ticket_gone`: what it made has ended already.
+    """
+    body = {key: value for key, value in request.items() if key not in _PER_ATTEMPT_FIELDS}
+    try:
+        outcome = client._acquire_once({**body, "wait": 0, "queue": False}, deadline=deadline, shown=_shown(body))
+    except (NotGranted, TicketGone, NotFound):
+        return None
+    if isinstance(outcome, Lease):
+        client.release(outcome)
+    else:
+        client.leave(outcome.ticket, retry_for=max(0.0, deadline - client.clock()))
+    return outcome
+
+
+def _shown(body: Mapping[str, Any]) -> dict[str, object]:
+    """The target of a request, for messages."""
+    target = "environment" if "environment" in body else "label"
+    return {target: body.get(target)}
 
 
 class Acquisition:
@@ -45,11 +79,15 @@ class Acquisition:
         wait: bool,
         timeout: float | None,
         on_wait: Callable[[Waiting], None] | None,
+        on_request: Callable[[JSON], None] | None = None,
     ) -> None:
         self.client = client
         self.body = body
         self.wait = wait
         self.on_wait = on_wait
+        self.on_request = on_request
+        # The request_id last handed to on_request.
+        self.announced: str | None = None
         self.started = client.clock()
         self.deadline = None if timeout is None else self.started + max(0.0, timeout)
         self.ticket: str | None = None
@@ -58,8 +96,7 @@ class Acquisition:
         self.last: Waiting | None = None
         # True while a POST may have reached the server but its answer did not reach us.
         self.in_doubt = False
-        target = "environment" if "environment" in body else "label"
-        self.shown: dict[str, object] = {target: body[target]}
+        self.shown = _shown(body)
 
     def run(self) -> Lease:
         if not self.wait:
@@ -115,6 +152,10 @@ class Acquisition:
         if self.deadline is not None:
             # Retries stop at the caller's deadline, but the first try always happens.
             deadline = min(deadline, max(self.deadline, now))
+        if self.on_request is not None and self.body["request_id"] != self.announced:
+            # Before the POST: once it is out, the caller must be able to find what it made.
+            self.on_request(dict(self.body))
+            self.announced = self.body["request_id"]
         self.in_doubt = True
         try:
             outcome = self.client._acquire_once(
@@ -139,15 +180,8 @@ class Acquisition:
             if ticket is not None:
                 self.client.leave(ticket, retry_for=self._cleanup_budget())
             elif self.in_doubt and self.wait:
-                # The answer never came: ask once more under the same request_id to learn what
-                # it created, then undo it.
-                outcome = self.client._acquire_once(
-                    {**self.body, "wait": 0.0}, deadline=self.client.cleanup_deadline(), shown=self.shown
-                )
-                if isinstance(outcome, Lease):
-                    self.client.release(outcome)
-                else:
-                    self.client.leave(outcome.ticket, retry_for=self._cleanup_budget())
+                # The answer never came: undo whatever the request made, if it reached the server.
+                withdraw(self.client, self.body, deadline=self.client.cleanup_deadline())
         except CallMeError as exc:
             # The server abandons the ticket by itself after ticket_grace; say so, carry on.
             logger.warning("could not leave the queue (%s); the server drops the place within its grace time", exc)

@@ -102,6 +102,7 @@ class Client:
         wait: bool = True,
         timeout: float | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
+        on_request: Callable[[JSON], None] | None = None,
     ) -> Lease:
         """Acquire a slot of `environment`, or of any environment carrying `label`.
 
@@ -111,6 +112,11 @@ class Client:
         Interrupted (KeyboardInterrupt, a cancelled job, an error in `on_wait`), it leaves the
         queue before the exception goes on. Without `wait` it does not queue: Busy or
         Maintenance when no slot is free now.
+
+        `on_request` gets the request (its `request_id` and the fields a repeat must match) before
+        the first POST under each request_id: a process that may be killed saves it there, so
+        that whoever runs after it can `withdraw` what it made. When `on_request` raises, that
+        request is not sent.
         """
         from .acquire import Acquisition
 
@@ -123,7 +129,18 @@ class Client:
             body["label"] = label
         optional = {"ttl": ttl, "holder": holder, "priority": priority, "metadata": metadata}
         body.update({key: value for key, value in optional.items() if value is not None})
-        return Acquisition(self, body, wait=wait, timeout=timeout, on_wait=on_wait).run()
+        return Acquisition(self, body, wait=wait, timeout=timeout, on_wait=on_wait, on_request=on_request).run()
+
+    def withdraw(self, request: Mapping[str, Any]) -> Lease | Waiting | None:
+        """Give back what an acquire's `request` (as `on_request` got it) made: release its lease or
+        leave its place; returns what was given back, None when it held nothing.
+
+        The request is sent again with `queue: false` and `wait: 0`: one the server never saw
+        takes no place now, and a lease granted to it at once is released at once.
+        """
+        from .acquire import withdraw
+
+        return withdraw(self, request, deadline=self.clock() + self.retry_for)
 
     def lease(
         self,

@@ -5,9 +5,14 @@ whatever the steps between did. A Docker action cannot run anything between its 
 steps, so nothing renews the lease: it is asked for `ttl` seconds (6 h by default, the longest
 a GitHub-hosted job runs), which only matters if the post step never runs (a runner that died).
 
-The main step saves its ticket to the state as soon as the server queues it, and the lease once
-granted: a job cancelled while waiting kills the main step, but its post step still runs, and
-leaves the queue with the saved ticket (leaving also releases a lease granted meanwhile).
+The main step saves to the state, for the post step, its request (with its `request_id`) before
+the request goes out, its ticket as soon as the server queues it, and the lease once granted. A
+job cancelled meanwhile kills the main step (SIGKILL, at any moment), but its post step still
+runs. With a lease saved it releases it. Else it leaves the queue with the saved ticket (which
+also releases a lease granted meanwhile), then sends the saved request again as a repeat that
+cannot queue (`Client.withdraw`): that finds what the request made when the main step was
+killed before the answer reached it, and releases the lease or leaves the place. Nothing stays
+held, and a request the server never saw takes nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .errors import (
 )
 from .format import clock_time, go_duration, rfc3339
 from .interrupt import Terminated
-from .models import Lease, Waiting
+from .models import JSON, Lease, Waiting
 from .releasing import release_or_report
 from .views import describe, waiting_line
 from .workflow import FileCommandError, Workflow
@@ -49,6 +54,7 @@ __all__ = ["ActionInputs", "BadInput", "acquire_step", "main", "post", "read_inp
 
 # The names of what the main step saves for the post step (STATE_<name> there).
 STATE_URL = "url"
+STATE_REQUEST = "request"  # the acquire's body as JSON, request_id included (no key: that is an input)
 STATE_TICKET = "ticket"
 STATE_LEASE_ID = "lease_id"
 STATE_LEASE_TOKEN = "lease_token"  # noqa: S105 - a state name, not a secret
@@ -117,6 +123,10 @@ def acquire_step(workflow: Workflow) -> int:
     started = time.monotonic()
     saved_ticket = ""
 
+    def on_request(request: JSON) -> None:
+        workflow.mask(str(request["request_id"]))  # with the key, it finds the lease's token
+        workflow.save_state({STATE_URL: inputs.settings.url, STATE_REQUEST: json.dumps(request, sort_keys=True)})
+
     def on_wait(waiting: Waiting) -> None:
         nonlocal saved_ticket
         if waiting.ticket != saved_ticket:
@@ -138,15 +148,19 @@ def acquire_step(workflow: Workflow) -> int:
                 wait=inputs.wait,
                 timeout=inputs.timeout,
                 on_wait=on_wait,
+                on_request=on_request,
             )
     except CallMeError as exc:
         workflow.error(describe(exc, hint=_hint))
         return exit_code(exc)
     except FileCommandError as exc:
-        workflow.error(f"could not save the place in the queue for the post step ({exc}); the queue was left")
+        workflow.error(
+            f"could not save the request for the post step ({exc}); nothing is held or queued, "
+            "since the post step could not give it back"
+        )
         return ExitCode.ERROR
     except OSError as exc:
-        workflow.error(f"could not write a file of the runner ({exc}); the queue was left")
+        workflow.error(f"could not write a file of the runner ({exc}); nothing is held or queued")
         return ExitCode.ERROR
     except KeyboardInterrupt:
         workflow.print("call-me: interrupted while waiting; left the queue")
@@ -208,11 +222,12 @@ def _release_now(workflow: Workflow, inputs: ActionInputs, lease: Lease) -> None
 
 
 def release_step(workflow: Workflow) -> int:
-    """The post step: release the saved lease or leave the saved place; never fails the job."""
+    """The post step: release the saved lease, leave the saved place, or give back what the saved
+    request made; never fails the job."""
     lease_id, token = workflow.state(STATE_LEASE_ID), workflow.state(STATE_LEASE_TOKEN)
-    ticket = workflow.state(STATE_TICKET)
-    if not (lease_id and token) and not ticket:
-        workflow.print("call-me: nothing to release (the main step neither held nor waited for a slot)")
+    ticket, request = workflow.state(STATE_TICKET), workflow.state(STATE_REQUEST)
+    if not (lease_id and token) and not ticket and not request:
+        workflow.print("call-me: nothing to release (the main step asked the server for nothing)")
         return ExitCode.OK
     workflow.mask(token)
     workflow.mask(ticket)
@@ -225,19 +240,35 @@ def release_step(workflow: Workflow) -> int:
         )
         return ExitCode.OK
     workflow.mask(api_key)
+    # What a failure would have stopped, and what becomes of it then.
+    doing = (f"release lease {lease_id} on {environment}", "the lease expires by its ttl")
+    if not (lease_id and token):
+        doing = _LEAVING if ticket else _WITHDRAWING
     try:
         settings = resolve(workflow.environ, url=url, api_key=api_key)
         with settings.client() as client:
             if lease_id and token:
                 _release(workflow, client, lease_id, token, environment)
-            else:
+                return ExitCode.OK
+            if ticket:
                 client.leave(ticket)
                 workflow.print("call-me: left the queue (the main step did not get the slot)")
+            if request:
+                # The saved ticket is usually this request's, left just now (then this finds
+                # nothing); but it may be a lost place's, the request a fresh one not yet answered.
+                doing = _WITHDRAWING
+                _withdraw(workflow, client, request, quiet=bool(ticket))
     except CallMeError as exc:
-        what = f"release lease {lease_id} on {environment}" if lease_id else "leave the queue"
-        ends = "the lease expires by its ttl" if lease_id else "the server drops the place within its grace time"
+        what, ends = doing
         workflow.warning(f"could not {what}: {exc}; {ends}")
     return ExitCode.OK
+
+
+_LEAVING = ("leave the queue", "the server drops the place within its grace time")
+_WITHDRAWING = (
+    "give back what the main step's request got",
+    "the server drops a place within its grace time, and a lease expires by its ttl",
+)
 
 
 def _release(workflow: Workflow, client: Client, lease_id: str, token: str, environment: str) -> None:
@@ -252,6 +283,28 @@ def _release(workflow: Workflow, client: Client, lease_id: str, token: str, envi
     workflow.print(f"slot has been freed for environment: {environment}")
     with contextlib.suppress(OSError):  # The summary is a courtesy: never fail the post step over it.
         workflow.add_summary(f"Released `{environment}` (lease `{lease_id}`).\n")
+
+
+def _withdraw(workflow: Workflow, client: Client, saved: str, *, quiet: bool) -> None:
+    """What the main step's last request made, given back; `quiet`: say nothing if that was nothing."""
+    try:
+        request = json.loads(saved)
+    except ValueError:
+        request = None
+    if not isinstance(request, dict) or "request_id" not in request:
+        workflow.warning("the main step's saved request cannot be read; what it got ends by itself (ttl, grace)")
+        return
+    workflow.mask(str(request["request_id"]))
+    outcome = client.withdraw(request)
+    if isinstance(outcome, Lease):
+        workflow.print(f"call-me: the main step stopped before the lease reached it; released lease {outcome.id}")
+        workflow.print(f"slot has been freed for environment: {outcome.environment}")
+        with contextlib.suppress(OSError):
+            workflow.add_summary(f"Released `{outcome.environment}` (lease `{outcome.id}`).\n")
+    elif isinstance(outcome, Waiting):
+        workflow.print("call-me: left the queue (the main step stopped before the server's answer reached it)")
+    elif not quiet:
+        workflow.print("call-me: nothing to release (the main step's request holds no lease and no place)")
 
 
 def main() -> NoReturn:

@@ -9,6 +9,7 @@ and `GITHUB_STATE` name, Markdown appended to `GITHUB_STEP_SUMMARY`.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Mapping
@@ -73,7 +74,8 @@ class Workflow:
         self._append_pairs("GITHUB_OUTPUT", values)
 
     def save_state(self, values: Mapping[str, str]) -> None:
-        self._append_pairs("GITHUB_STATE", values)
+        """Saves `values` for the post step, on disk when it returns (a step killed next keeps them)."""
+        self._append_pairs("GITHUB_STATE", values, durable=True)
 
     def add_summary(self, markdown: str) -> bool:
         """Appends to the job summary; False when the runner gave no summary file."""
@@ -84,7 +86,7 @@ class Workflow:
             summary.write(markdown if markdown.endswith("\n") else markdown + "\n")
         return True
 
-    def _append_pairs(self, variable: str, values: Mapping[str, str]) -> None:
+    def _append_pairs(self, variable: str, values: Mapping[str, str], *, durable: bool = False) -> None:
         path = self.environ.get(variable)
         if not path:
             raise FileCommandError(
@@ -94,6 +96,11 @@ class Workflow:
         # One write of whole blocks, so that a step killed meanwhile leaves no half block behind.
         with Path(path).open("a", encoding="utf-8") as file:
             file.write(text)
+            if durable:
+                # The state is what the post step acts on, and the step may be killed right after
+                # this returns: out of our buffer and onto the disk first.
+                file.flush()
+                os.fsync(file.fileno())
 
 
 def _block(name: str, value: str) -> str:

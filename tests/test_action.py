@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from .ghrunner import FakeJob, StepFiles, load_action, post_runs
+from .httpproxy import Exchange, LossyProxy
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
 
 ACTION = load_action()
@@ -428,11 +430,18 @@ def test_errors_the_server_gives_say_which_input_to_fix(
     assert "ttl" in too_long.errors[0]
 
     other = hold(server)
-    busy = run_main(make_job(server, tmp_path, "busy", environment="uat", no_wait="true"))
+    busy_job = make_job(server, tmp_path, "busy", environment="uat", no_wait="true")
+    busy = run_main(busy_job)
     assert busy.returncode == 3
     assert '"no-wait"' in busy.errors[0]
     assert "held by someone-else" in busy.errors[0]
-    assert busy.files.saved_state() == {}
+    assert set(busy.files.saved_state()) == {"url", "request"}  # saved before the POST, as always
+    # Its post step repeats the request without queueing: still busy, so nothing to give back.
+    post = run_post(busy_job, busy.files)
+    assert post.returncode == 0, post.stdout + post.stderr
+    assert post.warnings == []
+    assert "nothing to release" in post.stdout
+    assert "queued" not in kinds(admin)
     release(server, other)
 
 
@@ -479,8 +488,67 @@ def test_main_without_a_state_file_gives_back_what_it_got(
     assert main.returncode == 1, main.stdout + main.stderr
     [error] = main.errors
     assert "GITHUB_STATE is not set" in error
+    assert "nothing is held or queued" in error
+    # The request could not be saved for the post step, so it was never sent.
+    assert kinds(admin) == (["acquired"] if busy else [])
+    if other is not None:
+        release(server, other)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["granted-at-once", "queued"])
+def test_main_killed_before_its_first_answer_post_gives_back_what_it_got(
+    server: ServerProcess, admin: httpx.Client, tmp_path: Path, busy: bool
+) -> None:
+    """SIGKILL while the server's answer to the first POST is on its way: the post step has only the
+    saved request, repeats it (queue: false) and releases the lease or leaves the place it finds."""
+    other = hold(server) if busy else None
+    answered, let_go = threading.Event(), threading.Event()
+
+    def hold_the_first_answer(exchange: Exchange) -> bool:
+        # The server has answered; the main step has not heard. Held until it is killed, then lost.
+        if exchange.method == "POST" and exchange.path == "/v1/leases" and not answered.is_set():
+            answered.set()
+            let_go.wait(STEP_TIMEOUT)
+            return True
+        return False
+
+    with LossyProxy(server.port, drop=hold_the_first_answer) as proxy:
+        try:
+            # Every field a repeat must match (API.md: else 422), the run's metadata included.
+            job = make_job(server, tmp_path, environment="uat", url=proxy.url, ttl="900", priority="2",
+                           metadata='{"ticket": "OPS-2"}')  # fmt: skip
+            proc, files = start_main(job)
+            with reaped(proc):
+                assert answered.wait(STEP_TIMEOUT), "the main step's POST never reached the server"
+                proc.kill()
+                main = finish(proc, files)
+        finally:
+            let_go.set()
+        assert main.returncode == -signal.SIGKILL
+        [first] = proxy.posts()
+        assert first.status == (202 if busy else 201)
+        assert kinds(admin) == (["acquired", "queued"] if busy else ["acquired"])
+        state = files.saved_state()
+        assert not {"lease_id", "ticket"} & set(state), state
+        assert json.loads(state["request"])["request_id"] == first.request_json()["request_id"]
+
+        post = run_post(job, files)
+
+    assert post.returncode == 0, post.stdout + post.stderr
+    assert post.warnings == []
     uat = environment(admin)
     assert uat["queue"] == []
     assert [lease["holder"] for lease in uat["leases"]] == (["someone-else"] if busy else [])
-    if other is not None:
+    if busy:
+        assert "left the queue" in post.stdout
+        assert kinds(admin) == ["acquired", "queued", "left"]
+        assert other is not None
         release(server, other)
+        assert environment(admin)["leases"] == []  # the place was gone: nobody was granted the slot
+    else:
+        made = first.response_json()["id"]
+        assert f"released lease {made}" in post.stdout
+        assert "slot has been freed for environment: uat" in post.stdout
+        # The lease the server made for the lost answer, released (not left to expire), and no other.
+        assert admin.get(f"/v1/leases/{made}").json()["state"] == "released"
+        assert kinds(admin) == ["acquired", "released"]

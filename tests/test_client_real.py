@@ -1,142 +1,29 @@
 """The client's request_id and its recovery from a lost place, against a real server on a real socket.
 
 tests/test_client_retry.py checks the same promises against a fake transport; here the server
-decides. Between the client and the server sits `LossyProxy`, a TCP proxy that speaks just
-enough HTTP/1.1 to see every exchange whole: it records each one and can lose an answer on the
-way back (the server did the work, the client never hears of it), which is the case request_id
-exists for.
+decides. Between the client and the server sits `LossyProxy` (tests/httpproxy.py), a TCP proxy
+that speaks just enough HTTP/1.1 to see every exchange whole: it records each one and can lose an
+answer on the way back (the server did the work, the client never hears of it), which is the case
+request_id exists for.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
-from callme.client import Client, Waiting
+from callme.client import Client, Lease, Waiting
 
+from .httpproxy import Exchange, LossyProxy
 from .serverproc import CLIENT_KEY, ServerProcess
 
 GRACE = 1.5  # CALL_ME_TICKET_GRACE of the server in the place-lost tests, seconds
 BOUND = 30.0  # no acquire here may take longer
-
-
-@dataclass
-class Exchange:
-    """One request the proxy forwarded and the server's answer to it."""
-
-    method: str
-    path: str
-    request_body: bytes
-    status: int
-    response_body: bytes
-    delivered: bool = True
-
-    def request_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.request_body)
-        return body
-
-    def response_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.response_body)
-        return body
-
-
-def _read_message(stream: BinaryIO) -> tuple[bytes, bytes] | None:
-    """One HTTP/1.1 message whole, as (head, body); None when the peer closed between messages."""
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        line = stream.readline(65536)
-        if not line:
-            if head:
-                raise ConnectionError("the stream ended inside a message head")
-            return None
-        head += line
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-        # Every answer of the routes used here has a Content-Length; anything else is a surprise.
-        assert name.strip().lower() != b"transfer-encoding", head
-    body = stream.read(length) if length else b""
-    if len(body) != length:
-        raise ConnectionError("the stream ended inside a message body")
-    return head, body
-
-
-class LossyProxy:
-    """127.0.0.1:<port> -> the server. `drop(exchange)` True: the server's answer is lost, the connection closed."""
-
-    def __init__(self, upstream_port: int, drop: Callable[[Exchange], bool] = lambda exchange: False) -> None:
-        self.upstream_port = upstream_port
-        self.drop = drop
-        self.exchanges: list[Exchange] = []
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)  # so that the accept loop sees `close` soon
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._threads = [threading.Thread(target=self._accept, name="proxy-accept", daemon=True)]
-
-    def __enter__(self) -> LossyProxy:
-        self._threads[0].start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        for thread in list(self._threads):
-            thread.join(5)
-        self._listener.close()
-
-    def posts(self, path: str = "/v1/leases") -> list[Exchange]:
-        with self._lock:
-            return [exchange for exchange in self.exchanges if exchange.method == "POST" and exchange.path == path]
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                downstream, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._serve, args=(downstream,), name="proxy-connection", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, downstream: socket.socket) -> None:
-        try:
-            with (
-                downstream,
-                socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream,
-                downstream.makefile("rb") as from_client,
-                upstream.makefile("rb") as from_server,
-            ):
-                while (request := _read_message(from_client)) is not None:
-                    upstream.sendall(request[0] + request[1])
-                    response = _read_message(from_server)
-                    assert response is not None, "the server closed the connection without an answer"
-                    method, path, _ = request[0].split(b" ", 2)
-                    exchange = Exchange(
-                        method=method.decode(),
-                        path=path.decode(),
-                        request_body=request[1],
-                        status=int(response[0].split(b" ", 2)[1]),
-                        response_body=response[1],
-                    )
-                    exchange.delivered = not self.drop(exchange)
-                    with self._lock:
-                        self.exchanges.append(exchange)
-                    if not exchange.delivered:
-                        return  # Closing both ends: the answer is lost on the way back.
-                    downstream.sendall(response[0] + response[1])
-        except OSError:
-            return  # The client went away (it closes its pool at the end); nothing to forward to.
 
 
 @pytest.fixture
@@ -264,3 +151,51 @@ def test_a_place_lost_between_polls_is_asked_for_again_then_queued_at_the_back(
     assert mine[0] == "acquired"
     assert mine[1] > first_seq
     release(server, {"id": lease.id, "token": lease.token})
+
+
+def _request(**fields: Any) -> dict[str, Any]:
+    """An acquire's body as `on_request` hands it out: request_id and the fields a repeat must match."""
+    return {"request_id": str(uuid.uuid4()), "environment": "uat", "holder": "org/app#3", "ttl": 120, **fields}
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["granted", "queued", "never sent, free", "never sent, busy", "granted and released"],
+)
+def test_withdraw_gives_back_what_the_request_made_and_keeps_nothing(server: ServerProcess, first: str) -> None:
+    """Client.withdraw, as the Action's post step uses it with nothing but the saved request."""
+    other = hold(server, "someone-else") if first in ("queued", "never sent, busy") else None
+    request = _request(metadata={"run_url": "https://ci.example.com/1"})
+    made: dict[str, Any] = {}
+    if not first.startswith("never sent"):
+        with server.client(CLIENT_KEY) as http:
+            answer = http.post("/v1/leases", json={**request, "wait": 0})
+        assert answer.status_code == (202 if first == "queued" else 201), answer.text
+        made = answer.json()
+        if first == "granted and released":
+            release(server, made)
+    before = [event["kind"] for event in events(server)]
+
+    with Client(server.url, CLIENT_KEY, retry_for=BOUND) as client:
+        outcome = client.withdraw(request)
+
+    after = [event["kind"] for event in events(server)][len(before) :]
+    if first == "granted":
+        assert isinstance(outcome, Lease)
+        assert outcome.id == made["id"]
+        assert after == ["released"]
+    elif first == "queued":
+        assert isinstance(outcome, Waiting)
+        assert outcome.seq == made["seq"]
+        assert after == ["left"]
+    elif first == "never sent, free":
+        # The repeat was granted a lease of its own: released at once.
+        assert isinstance(outcome, Lease)
+        assert after == ["acquired", "released"]
+    else:
+        # Busy: the repeat does not queue. Released before: what the request made has ended.
+        assert outcome is None
+        assert after == []
+    assert live_leases(server) == ([other["id"]] if other else [])
+    with server.client() as http:
+        assert http.get("/v1/environments/uat").json()["queue"] == []

@@ -361,3 +361,50 @@ def test_deleting_an_environment_whose_204_was_lost_is_done(router: respx.MockRo
     )
     client.delete_environment("uat")
     assert route.call_count == 2
+
+
+def test_on_request_gets_each_request_before_its_first_post(router: respx.MockRouter, client: Client) -> None:
+    answers: list[Callable[[dict[str, Any]], httpx.Response]] = [
+        lambda body: httpx.Response(202, json=waiting_json("t_1")),
+        lambda body: problem(410, "ticket_gone"),  # with the ticket
+        lambda body: problem(410, "ticket_gone"),  # same request_id, no ticket: nothing left
+        lambda body: httpx.Response(201, json=lease_json("l_2")),  # a fresh request_id
+    ]
+    saved: list[tuple[dict[str, Any], int]] = []  # each request handed out, and how many POSTs were out by then
+
+    def post(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)(json.loads(request.content))
+
+    route = router.post("/v1/leases").mock(side_effect=post)
+
+    client.acquire(
+        "uat", holder="org/app#1", ttl=60, metadata={"a": 1}, on_request=lambda r: saved.append((r, route.call_count))
+    )
+
+    sent = bodies(route)
+    assert [(request["request_id"], posts_before) for request, posts_before in saved] == [
+        (sent[0]["request_id"], 0),
+        (sent[3]["request_id"], 3),
+    ]
+    # What a repeat must match, exactly as sent; nothing that may differ between repeats.
+    for request, _ in saved:
+        assert request == {
+            "request_id": request["request_id"],
+            "environment": "uat",
+            "holder": "org/app#1",
+            "ttl": 60,
+            "metadata": {"a": 1},
+        }
+
+
+def test_a_request_that_cannot_be_saved_is_not_sent(router: respx.MockRouter, client: Client) -> None:
+    route = router.post("/v1/leases").mock(return_value=httpx.Response(201, json=lease_json()))
+
+    def cannot_save(request: dict[str, Any]) -> None:
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        client.acquire("uat", on_request=cannot_save)
+    with pytest.raises(OSError, match="no space"):
+        client.acquire("uat", wait=False, on_request=cannot_save)
+    assert route.call_count == 0
