@@ -14,7 +14,8 @@
 # environment: curl reads them from header files in that folder.
 #
 # Exit codes as the CLI's: 2 bad settings or input refused, 4 CALL_ME_TIMEOUT passed (the
-# queue was left), 5 server unreachable, 6 key refused, 7 not found, 1 anything else.
+# queue was left), 5 server unreachable or answering 502/503/504, 6 key refused, 7 not found,
+# 1 anything else.
 
 set +x # a trace (CI_DEBUG_TRACE) would print the token
 set +e # every failure is handled below, with its own message
@@ -176,6 +177,7 @@ _cm_curl() {
 
 # _cm_curl, again while the server cannot be reached or answers 502/503/504 (a restart, a proxy),
 # with backoff (1, 2, 4 ... 16 s), until the epoch second _cm_until. Returns 1 when it gave up.
+# Any other answer, a 4xx included, goes back to the caller at once.
 _cm_call() {
     _cm_delay=1
     while :; do
@@ -255,8 +257,14 @@ _cm_acquire_curl() {
         if ! _cm_call POST /v1/leases $((_cm_wait + 30)) -H 'Content-Type: application/json' \
             --data-binary @"$_cm_state/request.json"; then
             [ -z "$_cm_deadline" ] || [ "$(_cm_now)" -lt "$_cm_deadline" ] || continue # its own message
+            _cm_last=$_cm_status # _cm_leave makes a call of its own
             _cm_leave
-            _cm_die 5 "could not reach $CALL_ME_URL for ${_cm_retry_for}s; is the server up, and CALL_ME_URL right?"
+            case $_cm_last in
+            000) _cm_die 5 "could not reach $CALL_ME_URL for ${_cm_retry_for}s; is the server up, and CALL_ME_URL right?" ;;
+            *) _cm_die 5 "gave up after ${_cm_retry_for}s of retries (CALL_ME_RETRY_FOR): $CALL_ME_URL still answers" \
+                "HTTP $_cm_status, so the call-me server or a proxy in front of it cannot serve requests now;" \
+                "run the job again later, or ask the server's admin (its /readyz says whether it reaches its store)" ;;
+            esac
         fi
         case $_cm_status in
         201)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from .httpproxy import LossyProxy, Request, gateway_error
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
 from .tooling import import_tool, tool_missing
 
@@ -519,3 +520,92 @@ def test_curl_job_stopped_while_waiting_leaves_the_queue(how: str, server: Serve
         assert http.delete(f"/v1/leases/{held['id']}", headers={"X-Lease-Token": held["token"]}).status_code == 204
     kinds = [e["kind"] for e in history(server) if e["kind"] != "environment_changed"]
     assert kinds == ["acquired", "queued", "left", "released"], kinds
+
+
+def _curl_job(script: str = f"    - {SHOW}\n") -> str:
+    return include_local(
+        "deploy:\n"
+        "  extends: .call-me\n"
+        "  variables:\n"
+        "    CALL_ME_ENVIRONMENT: uat\n"
+        "    CALL_ME_CLIENT: curl\n"
+        f"  script:\n{script}"
+    )
+
+
+class _Gateway:
+    """`answer` for a LossyProxy in front of the server: answers the acquire POSTs in its stead with
+    `errors` (statuses, one per POST) while they last, then lets them through; records when each came."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = list(errors)
+        self.posts: list[float] = []
+        self.sent: list[int] = []
+
+    def __call__(self, request: Request) -> bytes | None:
+        if (request.method, request.path) != ("POST", "/v1/leases"):
+            return None
+        self.posts.append(time.monotonic())
+        if not self.errors:
+            return None
+        self.sent.append(self.errors.pop(0))
+        return gateway_error(self.sent[-1])
+
+
+def test_curl_retries_502_503_504_with_backoff_then_succeeds(project: MakeProject, server: ServerProcess) -> None:
+    gateway = _Gateway([502, 503, 504])
+    with LossyProxy(server.port, answer=gateway) as proxy:
+        app = project("app", url=proxy.url)
+        app.write(_curl_job())
+        pipeline = app.run()
+        posts = proxy.posts()
+    assert pipeline.returncode == 0, pipeline.output
+    for status, delay in ((502, 1), (503, 2), (504, 4)):
+        assert f"did not answer (HTTP {status}); retrying in {delay}s" in pipeline.output
+    assert "seen: env=uat" in pipeline.output
+    assert [(post.status, post.forwarded) for post in posts] == [(502, False), (503, False), (504, False), (201, True)]
+    # One request, retried: the same request_id each time.
+    assert len({post.request_json()["request_id"] for post in posts}) == 1
+    gaps = [later - earlier for earlier, later in zip(gateway.posts, gateway.posts[1:], strict=False)]
+    assert [round(gap) for gap in gaps] == [1, 2, 4], gaps
+    assert_secret_free(pipeline, "deploy")
+    assert_balanced(server, acquired=1)
+
+
+def test_curl_does_not_retry_a_4xx(project: MakeProject, server: ServerProcess) -> None:
+    with LossyProxy(server.port, answer=lambda request: gateway_error(404)) as proxy:
+        app = project("app", url=proxy.url)
+        app.write(_curl_job("    - echo never runs\n"))
+        pipeline = app.run()
+        posts = proxy.posts()
+    assert pipeline.returncode != 0, pipeline.output
+    assert len(posts) == 1, posts
+    assert "retrying" not in pipeline.output
+    assert "could not acquire environment uat: the server answered HTTP 404" in pipeline.output
+    assert "> never runs" not in pipeline.output
+    assert history(server) == []
+
+
+def test_curl_gives_up_on_gateway_errors_after_its_deadline(project: MakeProject, server: ServerProcess) -> None:
+    gateway = _Gateway([502, 504, 503] * 10)
+    with LossyProxy(server.port, answer=gateway) as proxy:
+        app = project("app", url=proxy.url)
+        app.write(_curl_job("    - echo never runs\n"))
+        started = time.monotonic()
+        pipeline = app.run(variables={"CALL_ME_RETRY_FOR": "3"})
+        took = time.monotonic() - started
+    assert pipeline.returncode != 0, pipeline.output
+    # Tries at 0, 1 and 3 s, the next (7 s) past the deadline; whole-second clock: the third may be skipped.
+    assert len(gateway.posts) in (2, 3), gateway.posts
+    assert gateway.posts[-1] - gateway.posts[0] < 5
+    assert took < 30
+    assert f"giving up on {proxy.url}: HTTP {gateway.sent[-1]}" in pipeline.output
+    assert (
+        f"gave up after 3s of retries (CALL_ME_RETRY_FOR): {proxy.url} still answers HTTP {gateway.sent[-1]}, "
+        "so the call-me server or a proxy in front of it cannot serve requests now"
+    ) in pipeline.output
+    assert "could not reach" not in pipeline.output  # it was reached: something answered every time
+    assert re.search(r"^deploy +finished in .* FAIL 5 ", pipeline.output, re.MULTILINE), pipeline.output  # as the CLI's
+    assert "> never runs" not in pipeline.output
+    assert "no lease to release" in pipeline.output
+    assert history(server) == []
