@@ -34,6 +34,9 @@ class Granted:
 
     lease: Lease
     environment: Environment
+    # False for a grant made while its request was parked: collected only once the 201 has gone to a client
+    # still connected (until then it is revoked after the grace, as any grant its client did not collect).
+    collected: bool = True
 
 
 @dataclass

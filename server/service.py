@@ -23,7 +23,7 @@ from .rules import Floor
 from .service_admin import Administration
 from .service_core import Core, Listener
 from .service_history import Housekeeping, Pruned
-from .service_leases import Leasing
+from .service_leases import HangUp, Leasing
 from .service_maybe import MaybeTranslation
 from .service_reads import Queries
 from .settings import Settings
@@ -51,9 +51,16 @@ class Service:
 
     # -- leases and tickets -----------------------------------------------------------------------------
 
-    async def acquire(self, principal: Principal, req: AcquireRequest) -> Granted | Queued:
-        """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant."""
-        return await self._leases.acquire(principal, req)
+    async def acquire(
+        self, principal: Principal, req: AcquireRequest, hung_up: HangUp | None = None
+    ) -> Granted | Queued:
+        """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant; `hung_up`
+        returns when the request's client has gone."""
+        return await self._leases.acquire(principal, req, hung_up)
+
+    async def collected(self, lease_id: str) -> None:
+        """The 201 of a grant made while its request was parked went to a client still connected."""
+        await self._leases.collected(lease_id)
 
     async def leave(self, principal: Principal, ticket_id: str) -> None:
         """Leave the queue, releasing a lease granted to the ticket meanwhile."""

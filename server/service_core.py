@@ -19,7 +19,7 @@ from . import rules
 from .constants import WAITED
 from .errors import CallMeError, Unavailable
 from .model import Event, Lease, Ticket
-from .outcomes import Group, Queued
+from .outcomes import Granted, Group, Queued
 from .settings import Settings
 from .store.base import Store, StoreError, Tx
 from .waiters import Waiters
@@ -35,6 +35,8 @@ class Op:
     now: float
     events: list[Event] = field(default_factory=list)
     granted: list[str] = field(default_factory=list)
+    # Grants to requests parked on this process, handed to them after the commit: their 201 needs no transaction.
+    handed: dict[str, Granted] = field(default_factory=dict)
     # Raised after the commit: the operation's changes (such as expiry) stand although it answers an error.
     error: CallMeError | None = None
 
@@ -69,7 +71,7 @@ class Core:
             log.error("event=store_error error=%s", exc)
             raise Unavailable("the store cannot be reached; retry shortly") from exc
         if op.granted:
-            self.waiters.notify(op.granted)
+            self.waiters.notify(op.granted, op.handed)
         for event in op.events:
             log.info(
                 "event=%s environment=%s lease=%s seq=%s fence=%s holder=%r actor=%s",
@@ -172,12 +174,14 @@ class Core:
                 waiting.append(ticket)
         counts = Counter(lease.environment for lease in live)
         for ticket, env in rules.schedule(envs, counts, waiting):
-            # A client parked in a long-poll on this process gets the lease from this very commit (its request
-            # answers with it), so the grant is collected now: no second commit on the hand-off path.
-            parked = ticket.id != immediate and self.waiters.parked_here(ticket.id)
-            live.append(self.grant(tx, op, ticket, env, collect=ticket.id != immediate and not parked))
-            if parked:
-                op.granted.append(ticket.id)  # wake it after the commit
+            # Every grant but one answered by this very request must be collected within the grace: a client
+            # parked in a long-poll may have hung up a moment ago. One parked on this process is handed the
+            # lease after the commit (no transaction before its 201); it is collected once that 201 has gone
+            # to a client still connected (Leasing.collected).
+            lease = self.grant(tx, op, ticket, env, collect=ticket.id != immediate)
+            live.append(lease)
+            if ticket.id != immediate and self.waiters.parked_here(ticket.id):
+                op.handed[ticket.id] = Granted(lease, must(next((e for e in envs if e.name == env), None)))
             waiting.remove(ticket)
         return Group(envs, live, waiting)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from . import rules
 from .constants import AUTO_CREATED
@@ -15,6 +18,14 @@ from .outcomes import Granted, Queued
 from .service_core import Core, Op, labels, must, names, target_note
 from .store.base import Tx
 from .validation import AcquireRequest
+from .waiters import Parked
+
+HangUp = Callable[[], Awaitable[object]]
+
+
+async def _watch(hung_up: HangUp, parked: Parked) -> None:
+    await hung_up()
+    parked.hang_up()
 
 
 class Leasing:
@@ -25,30 +36,75 @@ class Leasing:
 
     # -- acquire ----------------------------------------------------------------------------------------
 
-    async def acquire(self, principal: Principal, req: AcquireRequest) -> Granted | Queued:
-        """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant."""
+    async def acquire(
+        self, principal: Principal, req: AcquireRequest, hung_up: HangUp | None = None
+    ) -> Granted | Queued:
+        """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant.
+
+        `hung_up` returns when the request's client has gone (the ASGI `http.disconnect`): a parked request then
+        stops waiting and its ticket counts as last seen now, so that it is abandoned a grace later (and a grant
+        made meanwhile is revoked then) rather than held for the rest of the wait.
+        """
         core = self.core
         started = time.monotonic()
         hold = min(req.wait, core.settings.max_wait)
         deadline = started + hold
         outcome = await core.run(lambda tx, op: self._acquire(tx, op, principal, req, hold))
-        while isinstance(outcome, Queued) and not core.waiters.closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            outcome = outcome.compact()
-            # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
-            await core.waiters.wait(outcome.ticket.id, min(remaining, core.store.recheck_interval or remaining))
-            if core.waiters.shutting_down():
-                # Shutting down: every held long-poll is answered at once with its place, without another
-                # transaction each (thousands of them would hold up the exit). A grant made a moment ago is
-                # durable: the ticket collects it when its client comes back.
-                break
-            left = max(0.0, deadline - time.monotonic())
-            outcome = await core.run(functools.partial(self._poll_fn, outcome.ticket.id, left))
+        if not isinstance(outcome, Queued) or hold <= 0 or core.waiters.closed:
+            return self._waited(outcome, started)
+        ticket_id = outcome.ticket.id
+        parked = core.waiters.park(ticket_id)
+        watch = asyncio.ensure_future(_watch(hung_up, parked)) if hung_up is not None else None
+        try:
+            while isinstance(outcome, Queued):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                outcome = outcome.compact()
+                # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
+                await core.waiters.wait(parked, min(remaining, core.store.recheck_interval or remaining))
+                if parked.gone:
+                    await core.run(functools.partial(self._gone_fn, ticket_id))
+                    break  # nobody reads the answer
+                if isinstance(parked.handed, Granted):
+                    outcome = replace(parked.handed, collected=False)  # from the granting commit itself
+                    break
+                if core.waiters.shutting_down():
+                    # Shutting down: every held long-poll is answered at once with its place, without another
+                    # transaction each (thousands of them would hold up the exit). A grant made a moment ago is
+                    # durable: the ticket collects it when its client comes back.
+                    break
+                left = max(0.0, deadline - time.monotonic())
+                outcome = await core.run(functools.partial(self._poll_fn, ticket_id, left))
+        finally:
+            core.waiters.unpark(ticket_id, parked)
+            if watch is not None:
+                watch.cancel()
+        return self._waited(outcome, started)
+
+    @staticmethod
+    def _waited(outcome: Granted | Queued, started: float) -> Granted | Queued:
         if isinstance(outcome, Queued):
             outcome.waited = round(time.monotonic() - started, 3)
         return outcome
+
+    def _gone_fn(self, ticket_id: str, tx: Tx, op: Op) -> None:
+        """The client of a parked request hung up: its ticket was last seen now, not at the end of its wait."""
+        ticket = tx.ticket(ticket_id)
+        if ticket is not None and ticket.state == "waiting" and ticket.seen_at > op.now:
+            ticket.seen_at = op.now
+            tx.update_ticket(ticket)
+
+    async def collected(self, lease_id: str) -> None:
+        """A granted lease's 201 went to a client still connected: the grant is collected, never revoked."""
+
+        def fn(tx: Tx, op: Op) -> None:
+            lease = tx.lease(lease_id)
+            if lease is not None and lease.live and lease.collect_by is not None:
+                lease.collect_by = None
+                tx.update_lease(lease)
+
+        await self.core.run(fn)
 
     def _acquire(self, tx: Tx, op: Op, principal: Principal, req: AcquireRequest, hold: float) -> Granted | Queued:
         if req.priority > principal.max_priority and principal.role != "admin":
@@ -126,9 +182,10 @@ class Leasing:
         return core.queued(group, ticket)
 
     def _poll_fn(self, ticket_id: str, hold: float, tx: Tx, op: Op) -> Granted | Queued:
-        return self._poll(tx, op, ticket_id, hold)
+        """A parked request looks again: a grant it finds is collected only once its 201 has gone out."""
+        return self._poll(tx, op, ticket_id, hold, collect=False)
 
-    def _poll(self, tx: Tx, op: Op, ticket_id: str, hold: float) -> Granted | Queued:
+    def _poll(self, tx: Tx, op: Op, ticket_id: str, hold: float, *, collect: bool = True) -> Granted | Queued:
         ticket = tx.ticket(ticket_id)
         if ticket is None or ticket.state in ("left", "abandoned"):
             raise TicketGone("this ticket left the queue or was abandoned; post again without it")
@@ -142,10 +199,10 @@ class Leasing:
             if lease is None or not lease.live:  # a pruned lease ended long ago (service_history.py)
                 state = lease.state if lease is not None else "long ago"
                 raise TicketGone(f"the lease granted to this ticket has ended ({state}); post again without it")
-            if lease.collect_by is not None:
+            if collect and lease.collect_by is not None:  # the client came back for it
                 lease.collect_by = None
                 tx.update_lease(lease)
-            return Granted(lease, must(tx.environment(lease.environment)))
+            return Granted(lease, must(tx.environment(lease.environment)), collected=lease.collect_by is None)
         ticket.seen_at = op.now + hold
         tx.update_ticket(ticket)
         return self.core.queued(group, ticket)

@@ -1,59 +1,154 @@
-"""The hand-off to a waiter parked in a long-poll on this process: its lease is collected by the release's own
-commit (nothing more to write before its 201), while a grant to a client between polls stays revocable."""
+"""The hand-off to a waiter parked in a long-poll, and what happens when a waiter's client has gone.
+
+- A waiter parked on this process is handed its lease by the release's own commit: no transaction runs between
+  that commit and its answer.
+- A grant counts as collected only once its 201 has gone to a client still connected (or the client came back
+  for it): until then it is revoked after the grace, so a client that hung up never keeps a slot longer.
+- A parked request whose client hangs up stops waiting at once, and its ticket is abandoned a grace after the
+  hang-up, not a grace after the end of the wait it had asked for.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import sqlite3
-from collections.abc import Sequence
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from callme.server.clock import Clock
-from callme.server.model import Event
 from callme.server.outcomes import Granted, Queued
 from callme.server.service import Service
 from callme.server.settings import Settings
 from callme.server.store.sqlite import SQLiteStore
 
 from .harness import ADMIN, request
+from .serverproc import ADMIN_KEY, ServerProcess
 
 
-def test_a_parked_waiter_gets_a_collected_lease_from_the_release_commit(tmp_path: Path) -> None:
+def _collect_by(path: Path, lease_id: str) -> float | None:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT collect_by FROM leases WHERE id = ?", (lease_id,)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_and_collects_it_once_answered(
+    tmp_path: Path,
+) -> None:
     async def main() -> None:
-        store = SQLiteStore(str(tmp_path / "db.sqlite"), Clock())
+        path = tmp_path / "db.sqlite"
+        store = SQLiteStore(str(path), Clock())
         await store.open()
         service = Service(store, Settings(ticket_grace=60, max_wait=25))
         try:
             held = await service.acquire(ADMIN, request("uat"))
             assert isinstance(held, Granted)
             parked = asyncio.ensure_future(service.acquire(ADMIN, replace(request("uat"), wait=20.0)))
-            away = await service.acquire(ADMIN, request("other"))
-            assert isinstance(away, Granted)
-            between = await service.acquire(ADMIN, request("other"))  # queued, then gone between polls
-            assert isinstance(between, Queued)
             while service.waiters.parked < 1:
                 await asyncio.sleep(0.01)
 
-            # Read the file the moment each release has committed, before any waiter runs again.
-            seen: dict[str, float | None] = {}
-
-            def at_commit(events: Sequence[Event]) -> None:
-                with sqlite3.connect(tmp_path / "db.sqlite") as db:
-                    for e in events:
-                        if e.kind == "acquired":
-                            row = db.execute("SELECT collect_by FROM leases WHERE id = ?", (e.lease,)).fetchone()
-                            seen[e.environment or ""] = row[0]
-
-            service.listeners.append(at_commit)
+            operations: list[int] = []
+            service.listeners.append(lambda events: operations.append(store._commits.operations))
             await service.release(ADMIN, held.lease.id, held.lease.token)
-            await service.release(ADMIN, away.lease.id, away.lease.token)
-            assert seen["uat"] is None, "the parked waiter's grant waits for a second commit"
-            assert seen["other"] is not None, "a grant to a client between polls must stay revocable"
             got = await asyncio.wait_for(parked, 5)
             assert isinstance(got, Granted)
-            assert got.lease.collect_by is None
+            assert store._commits.operations == operations[0], "a transaction ran between the release and the 201"
+            # Not collected yet: the 201 has not been written. Revocable until then, as any grant.
+            assert not got.collected
+            assert _collect_by(path, got.lease.id) is not None
+            await service.collected(got.lease.id)
+            assert _collect_by(path, got.lease.id) is None
         finally:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_parked_request_whose_client_hangs_up_stops_waiting_and_its_ticket_is_last_seen_then(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        path = tmp_path / "db.sqlite"
+        store = SQLiteStore(str(path), Clock())
+        await store.open()
+        service = Service(store, Settings(ticket_grace=60, max_wait=25))
+        try:
+            held = await service.acquire(ADMIN, request("uat"))
+            assert isinstance(held, Granted)
+            gone = asyncio.Event()
+            parked = asyncio.ensure_future(service.acquire(ADMIN, replace(request("uat"), wait=20.0), gone.wait))
+            while service.waiters.parked < 1:
+                await asyncio.sleep(0.01)
+            hung_up_at = time.time()
+            gone.set()
+            got = await asyncio.wait_for(parked, 5)
+            assert isinstance(got, Queued)
+            assert service.waiters.parked == 0
+            with sqlite3.connect(path) as db:
+                (seen_at,) = db.execute("SELECT seen_at FROM tickets WHERE id = ?", (got.ticket.id,)).fetchone()
+            # Last seen at the hang-up, not 20 s later at the end of the wait it had asked for.
+            assert hung_up_at - 1 < seen_at < hung_up_at + 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def _park(port: int, environment: str, wait: int) -> socket.socket:
+    body = json.dumps({"environment": environment, "wait": wait}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-API-KEY: {ADMIN_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def _events(admin: httpx.Client, environment: str) -> list[dict[str, object]]:
+    got = admin.get("/v1/history", params={"environment": environment, "limit": 100})
+    got.raise_for_status()
+    body = got.json()
+    events: list[dict[str, object]] = body["events"] if isinstance(body, dict) else body
+    return events
+
+
+def test_a_waiter_that_hung_up_never_keeps_the_slot_or_its_place_longer_than_the_grace(tmp_path: Path) -> None:
+    grace = 2
+    server = ServerProcess(tmp_path, env={"CALL_ME_TICKET_GRACE": str(grace), "CALL_ME_MAX_WAIT": "25"})
+    server.start()
+    sockets: list[socket.socket] = []
+    try:
+        with server.client() as admin:
+            held = admin.post("/v1/leases", json={"environment": "uat", "ttl": 3600}).json()
+            # Two waiters parked for 25 s; the first one's client dies (its socket closes).
+            dead = _park(server.port, "uat", 25)
+            time.sleep(0.3)
+            alive = _park(server.port, "uat", 25)
+            sockets += [dead, alive]
+            time.sleep(0.3)
+            dead.close()
+            time.sleep(0.3)
+            released = admin.delete(f"/v1/leases/{held['id']}", headers={"X-Lease-Token": held["token"]})
+            assert released.status_code == 204
+            # The dead waiter's ticket comes first: it may be granted, but never kept past the grace.
+            deadline = time.monotonic() + grace + 5
+            alive.settimeout(grace + 5)
+            answer = b""
+            while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+                answer += alive.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+            alive.close()
+            listed = admin.get("/v1/environments/uat").json()
+            holders = [lease["holder"] for lease in listed["leases"]]
+            assert len(holders) == 1
+            kinds = [e["kind"] for e in _events(admin, "uat")]
+            # Either its grant was revoked after the grace, or its place abandoned: it never held the slot on.
+            assert "revoked" in kinds or "abandoned" in kinds, kinds
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
