@@ -33,9 +33,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if await parts(request).service.ready():
+    reason = await parts(request).service.readiness()
+    if reason is None:
         return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
 
 
 async def openapi_json(request: Request) -> Response:
@@ -95,11 +96,16 @@ async def _pruner(service: Service) -> None:
         await asyncio.sleep(PRUNE_INTERVAL)
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    """The application; it opens `store` (or the configured database) on start-up unless already open."""
+def create_app(settings: Settings, store: Store | None = None, *, close_store: bool = False) -> Starlette:
+    """The application; it opens `store` (or the configured database) on start-up unless already open, and closes
+    what it opened (or, with `close_store`, the store it was given) at shutdown."""
     owned = store is None
     the_store: Store = (
-        store if store is not None else for_database(settings.database, Clock(), listen=settings.pg_listen)
+        store
+        if store is not None
+        else for_database(
+            settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
+        )
     )
     metrics = Metrics()
 
@@ -123,7 +129,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if owned:
+            if owned or close_store:
                 await the_store.close()
 
     routes = [

@@ -77,6 +77,19 @@ AUTO_CREATED = "created on first request"
 # The detail of the `environment_deleted` event of an auto-created environment forgotten by the background prune.
 FORGOTTEN = "forgotten: created on first request and unused for {} days (CALL_ME_AUTO_FORGET_DAYS)"
 
+# Readiness (store/health.py): /readyz answers from what the last write attempts showed; when none was made for
+# this long (an idle server, or one whose last write failed), it first tries a small write of its own, at most
+# one per this long, since /readyz needs no key.
+READY_PROBE_INTERVAL = 1.0
+# SQLite (store/sqlite_file.py): the database file's identity is checked before every commit that wrote, and at
+# least this often while transactions run (the sweeper runs one every SWEEP_INTERVAL), so that a removed file
+# is noticed and said in the log even while nobody writes.
+IDENTITY_CHECK_INTERVAL = 1.0
+# SQLite: how far ahead of the fence and seq counters the high-water mark file beside the database is written.
+# Once per this many grants (or tickets) it is rewritten (two fsyncs); a crash leaves a gap of at most this
+# many numbers, which nothing minds: fences and seqs only need to grow.
+HIGH_WATER_RESERVE = 1000
+
 # PostgreSQL: connections (and worker threads) per replica, how long one statement may wait for a lock,
 # how often an operation is re-run after a serialization failure or deadlock, and how often a parked
 # long-poll looks again, since wake-ups from other replicas are hints (LISTEN) or absent (poll-only mode).

@@ -38,13 +38,18 @@ class _Server(uvicorn.Server):
 
 
 async def _serve(settings: Settings) -> int:
-    store = for_database(settings.database, Clock(), listen=settings.pg_listen)
+    store = for_database(
+        settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
+    )
     try:
         await store.open()
     except StoreError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, store)
+    # Closed at the application's shutdown: after a stop signal uvicorn raises the signal again once it has shut
+    # down, and the process ends there, before the `finally` below (a clean close checkpoints the WAL, releases
+    # the lock and writes the exact high-water mark).
+    app = create_app(settings, store, close_store=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -66,7 +71,7 @@ async def _serve(settings: Settings) -> int:
     try:
         await server.serve()
     finally:
-        await store.close()
+        await store.close()  # when the application never started (closing twice is harmless)
     return 0 if server.started else 1
 
 
@@ -109,6 +114,7 @@ Configured by environment variables (a bad value stops start-up with one line na
   CALL_ME_READ_TIMEOUT   seconds a client may take to send a request, headers and body, from its first
                          byte (10); a parked long-poll or an event stream is not cut by it
   CALL_ME_IDLE_TIMEOUT   seconds a connection may stay open with no request on it (30)
+  CALL_ME_ALLOW_NEW_DATABASE  SQLite: start although the database that was used here is gone (false)
 
 Run it behind a TLS proxy whose timeouts towards it exceed CALL_ME_MAX_WAIT (README: Behind a TLS proxy).
 

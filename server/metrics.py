@@ -168,8 +168,8 @@ class TimedStore:
     async def close(self) -> None:
         await self._store.close()
 
-    async def ping(self) -> bool:
-        return await self._store.ping()
+    async def readiness(self) -> str | None:
+        return await self._store.readiness()
 
     async def transact(self, fn: Callable[[Tx], T]) -> T:
         started = time.perf_counter()

@@ -243,7 +243,10 @@ def _schemas() -> dict[str, Schema]:
             },
             required=("type", "title", "status", "detail", "code"),
         ),
-        "Status": _object({"status": {"enum": ["ok", "unavailable"]}}),
+        "Status": _object(
+            {"status": {"enum": ["ok", "unavailable"]}, "reason": _string(description="why not ready (503 only)")},
+            required=("status",),
+        ),
     }
 
 
@@ -385,8 +388,8 @@ def _other_paths() -> dict[str, Schema]:
         "/readyz": {
             "get": _op(
                 "readyz",
-                "The store answers",
-                {"200": _json("ready", status), "503": _json("the store cannot be reached", status)},
+                "The store answers and accepts writes",
+                {"200": _json("ready", status), "503": _json("not ready, with the reason", status)},
                 role=None,
             )
         },

@@ -130,6 +130,6 @@ class Service:
         """Up to `limit` events with an id above `after`, oldest first."""
         return await self._queries.events_after(after, limit)
 
-    async def ready(self) -> bool:
-        """Does the store answer?"""
-        return await self._core.store.ping()
+    async def readiness(self) -> str | None:
+        """None when the store answers and accepts writes, else why not."""
+        return await self._core.store.readiness()

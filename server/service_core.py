@@ -21,7 +21,7 @@ from .errors import CallMeError, Unavailable
 from .model import Event, Lease, Ticket
 from .outcomes import Granted, Group, Queued
 from .settings import Settings
-from .store.base import Store, StoreError, Tx
+from .store.base import Store, StoreBroken, StoreError, Tx
 from .waiters import Waiters
 
 log = logging.getLogger("callme.service")
@@ -67,6 +67,8 @@ class Core:
 
         try:
             op, result = await self.store.transact(body)
+        except StoreBroken as exc:  # the store has said it in the log once; not again for every request
+            raise Unavailable(str(exc)) from exc
         except StoreError as exc:
             log.error("event=store_error error=%s", exc)
             raise Unavailable("the store cannot be reached; retry shortly") from exc

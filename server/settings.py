@@ -68,6 +68,9 @@ class Settings:
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT
     # PostgreSQL only: LISTEN/NOTIFY wake-ups across replicas; off behind PgBouncer's transaction pooling.
     pg_listen: bool = True
+    # SQLite only: start on a new or different database although the high-water mark beside it says another one
+    # was used there (store/sqlite_file.py); fences then start above the old ones.
+    allow_new_database: bool = False
     # Events, ended leases and ended tickets are pruned this many days after they happened or ended; an
     # auto-created environment without a lease, a ticket or a change for auto_forget_days is forgotten.
     history_days: int = DEFAULT_HISTORY_DAYS
@@ -211,6 +214,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         auto_create=_bool(env, "CALL_ME_AUTO_CREATE", True),
         no_auth=_bool(env, "CALL_ME_NO_AUTH", False),
         pg_listen=_bool(env, "CALL_ME_PG_LISTEN", True),
+        allow_new_database=_bool(env, "CALL_ME_ALLOW_NEW_DATABASE", False),
         sse_heartbeat=_float(env, "CALL_ME_SSE_HEARTBEAT", DEFAULT_SSE_HEARTBEAT, 0.05, 3600),
         history_days=_int(env, "CALL_ME_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, 1, MAX_RETENTION_DAYS),
         auto_forget_days=_int(env, "CALL_ME_AUTO_FORGET_DAYS", DEFAULT_AUTO_FORGET_DAYS, 1, MAX_RETENTION_DAYS),

@@ -6,19 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from callme.server.clock import Clock
 from callme.server.model import Event
 from callme.server.store.base import StoreError
 from callme.server.store.sqlite import SQLiteStore, SQLiteTx
-
-from .tooling import tool_missing
 
 
 def _event(detail: str) -> Callable[[SQLiteTx], int]:
@@ -90,20 +86,6 @@ def test_an_operation_that_fails_is_rolled_back_alone(tmp_path: Path) -> None:
     assert isinstance(b, ValueError)
     assert isinstance(c, int)
     assert _details(path) == ["a", "c"]
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a full disk that the test can free again. Unmounted whatever happens."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        tool_missing("mounting a tmpfs for a full disk needs root")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_commit_that_fails_acknowledges_nothing_of_its_batch(small_disk: Path) -> None:

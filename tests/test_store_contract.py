@@ -641,7 +641,7 @@ def test_clock_is_near_the_wall_and_moves(opened: Opened) -> None:
     time.sleep(0.01)
     assert opened.tx(lambda tx: tx.now()) > first
     assert abs(opened.store.started_at - time.time()) < 60
-    assert opened.run(opened.store.ping())
+    assert opened.run(opened.store.readiness()) is None
 
 
 # -- atomicity and durability -----------------------------------------------------------------------------
@@ -965,7 +965,9 @@ def test_an_unreachable_database_is_a_store_error() -> None:
         with pytest.raises(StoreError) as raised:
             opened_loop.run_until_complete(store.open())
         assert "secret" not in str(raised.value)
-        assert not opened_loop.run_until_complete(store.ping())
+        reason = opened_loop.run_until_complete(store.readiness())
+        assert reason is not None
+        assert "secret" not in reason
     finally:
         opened_loop.run_until_complete(store.close())
         opened_loop.close()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..clock import Clock
-from .base import Store, StoreError, StoreLocked, Tx
+from .base import Store, StoreBroken, StoreError, StoreLocked, Tx
 
-__all__ = ["Store", "StoreError", "StoreLocked", "Tx", "for_database"]
+__all__ = ["Store", "StoreBroken", "StoreError", "StoreLocked", "Tx", "for_database"]
 
 
-def for_database(database: str, clock: Clock, *, listen: bool = True) -> Store:
+def for_database(database: str, clock: Clock, *, listen: bool = True, allow_new_database: bool = False) -> Store:
     """The store that CALL_ME_DATABASE names: PostgreSQL for a postgresql:// URL, else a SQLite file."""
     if database.startswith(("postgres://", "postgresql://")):
         from .postgres import PostgresStore  # only when used: it loads libpq
@@ -16,4 +16,4 @@ def for_database(database: str, clock: Clock, *, listen: bool = True) -> Store:
         return PostgresStore(database, listen=listen)
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(database, clock)
+    return SQLiteStore(database, clock, allow_new_database=allow_new_database)

@@ -26,6 +26,12 @@ class StoreLocked(StoreError):
     """Another server process uses the same SQLite database file."""
 
 
+class StoreBroken(StoreError):
+    """The database is no longer the one this process opened (its file removed or replaced, another database
+    behind the URL): no change is acknowledged any more until an operator restarts the server. Said once in the
+    log and on /readyz, not per request."""
+
+
 class Tx(Protocol):
     """What an operation may do inside its transaction. Synchronous: it runs on the store's worker."""
 
@@ -103,7 +109,10 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def transact(self, fn: Callable[[Tx], T]) -> T: ...
-    async def ping(self) -> bool: ...
+    async def readiness(self) -> str | None:
+        """None when the store answers and accepts writes (as its last write attempts showed; see health.py),
+        else why not, in one line that names no secret."""
+        ...
 
 
 def connected(start: Iterable[str], labels: Iterable[str], envs: Mapping[str, Environment]) -> list[str]:

@@ -40,6 +40,12 @@ statements) there is no LISTEN, no NOTIFY, no prepared statement, and waiters lo
 Failures: a lost connection is a StoreError (503) and the next operation connects again. A connection found
 dead before COMMIT is replaced and the operation run once more (nothing was committed); a failure during
 COMMIT is never retried (its outcome is unknown) and a client's retry with its request_id finds the truth.
+
+Identity: the schema carries a random `database_id` (in `meta`), read at open. Every new connection reads it
+again: a database dropped and created again (or another one put behind the URL) forces every connection to be
+made anew, so it is seen before the first operation on it, and the store is latched broken (health.py) rather
+than handing out fences from 1 again. Readiness (health.py): a failed transaction marks the store not ready,
+and /readyz's probe, a write that also reads the id back, marks it ready again.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ from ..constants import (
     SCHEMA_VERSION,
 )
 from ..model import Environment, Event, Lease, Ticket
-from .base import StoreError, redact
+from .base import StoreBroken, StoreError, redact
+from .health import WriteHealth
 from .migrations import MIGRATIONS, statements
 from .rows import (
     ENV_COLUMNS,
@@ -474,6 +481,11 @@ class PostgresTx:
         sql = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= %s FOR UPDATE SKIP LOCKED)"
         return self._conn.execute(sql, (old[-1]["id"],)).rowcount
 
+    def probe(self) -> str | None:
+        """A write that changes nothing (for /readyz); returns the database's id, which it proves is still there."""
+        row = self._one("UPDATE meta SET value = value WHERE key = 'database_id' RETURNING value")
+        return str(row["value"]) if row else None
+
     def publish(self, origin: str) -> None:
         """NOTIFY the other replicas of what this transaction granted and recorded (sent only on commit)."""
         for i in range(0, max(len(self.granted), len(self.event_ids)), _NOTIFY_CHUNK):
@@ -515,6 +527,8 @@ class PostgresStore:
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
         self._timeouts = (f"{int(PG_LOCK_TIMEOUT * 1000)}ms", f"{int(PG_LOCK_TIMEOUT * 3000)}ms")
+        self._database_id: str | None = None  # read at open; every connection made after checks it
+        self._health = WriteHealth()
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r}, listen={self.listen})"
@@ -545,10 +559,34 @@ class PostgresStore:
             if conn is not None:
                 self._drop(conn)
             conn = self._connect()
+            if self._database_id is not None:
+                self._check_identity(conn)
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.add(conn)
         return conn
+
+    def _check_identity(self, conn: Connection) -> None:
+        """Latch the store broken, and close `conn`, unless its database is the one this store opened."""
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+            conn.rollback()
+        except pg_errors.UndefinedTable:
+            row = None
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            raise StoreError(f"database error: {_reason(exc)}") from exc
+        found = row["value"] if row else None
+        if found != self._database_id:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            raise self._health.break_(
+                f"the database behind CALL_ME_DATABASE is not the one this server opened (database id "
+                f"{self._database_id}, now {found or 'none'}: dropped and created again, or replaced); changes "
+                "are refused, since fences would start again below those handed out: restore the database and "
+                "restart the server"
+            )
 
     def _drop(self, conn: Connection) -> None:
         with contextlib.suppress(psycopg.Error):
@@ -606,13 +644,28 @@ class PostgresStore:
         return result
 
     async def transact(self, fn: Callable[[PostgresTx], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
-
-    async def ping(self) -> bool:
+        if self._health.broken is not None:
+            raise StoreBroken(self._health.broken)
         try:
-            return await self.transact(lambda tx: True)
-        except StoreError:
-            return False
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+        except StoreBroken:
+            raise
+        except StoreError as exc:
+            # Any failure counts: a read that fails shows the database unreachable; only a probe's write clears it.
+            self._health.failed(str(exc))
+            raise
+
+    async def readiness(self) -> str | None:
+        return await self._health.readiness(self._probe)
+
+    async def _probe(self) -> None:
+        found = await self.transact(PostgresTx.probe)
+        if found != self._database_id:
+            raise self._health.break_(
+                f"the database behind CALL_ME_DATABASE lost its id {self._database_id} (now {found or 'none'}); "
+                "changes are refused: restore the database and restart the server"
+            )
+        self._health.succeeded()
 
     # -- life -------------------------------------------------------------------------------------------
 
@@ -655,6 +708,13 @@ class PostgresStore:
         )
         if version < SCHEMA_VERSION:
             log.info("event=migrated from=%s to=%s", version, SCHEMA_VERSION)
+        # Made once with the schema (a database from before it gets one now); the replicas all read the same.
+        conn.execute(
+            "INSERT INTO meta VALUES ('database_id', %s) ON CONFLICT (key) DO NOTHING", (secrets.token_hex(16),)
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        assert row is not None
+        self._database_id = str(row["value"])
 
     async def close(self) -> None:
         self._stop.set()

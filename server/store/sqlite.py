@@ -4,6 +4,8 @@ How it stays atomic: every operation runs on a single worker thread inside `BEGI
 so operations are serialised and each sees the state the previous one committed. WAL with
 `synchronous=FULL` makes every commit durable before `transact` returns, hence before any 2xx is sent.
 An exclusive `flock` on `<file>.lock` keeps a second server process off the same file.
+Before a commit that wrote, the writer checks that the file is still the one it opened and that the high-water
+mark beside it covers the numbers handed out (sqlite_file.py); readiness follows the commits (health.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import takewhile
@@ -20,10 +23,11 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..clock import Clock
-from ..constants import MAX_BATCH, SCHEMA_VERSION
+from ..constants import IDENTITY_CHECK_INTERVAL, MAX_BATCH, SCHEMA_VERSION
 from ..model import Environment, Event, Lease, Ticket
-from .base import StoreError, StoreLocked
+from .base import StoreBroken, StoreError, StoreLocked
 from .batch import GroupCommit, Job
+from .health import WriteHealth
 from .migrations import MIGRATIONS, statements
 from .rows import (
     ENV_COLUMNS,
@@ -41,6 +45,7 @@ from .rows import (
     ticket_from,
     ticket_values,
 )
+from .sqlite_file import FileIdentity, HighWaterMark, broken_reason
 
 T = TypeVar("T")
 
@@ -267,7 +272,7 @@ class SQLiteStore:
 
     recheck_interval: float | None = None  # one process makes every change: its wake-ups are exact
 
-    def __init__(self, path: str, clock: Clock) -> None:
+    def __init__(self, path: str, clock: Clock, *, allow_new_database: bool = False) -> None:
         self.path = path
         self.clock = clock
         self.started_at = clock.now()
@@ -275,6 +280,13 @@ class SQLiteStore:
         self._lock_file: IO[str] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callme-sqlite")
         self._commits = GroupCommit(self._executor, self._run_batch, MAX_BATCH)
+        # The file's identity and high-water mark (sqlite_file.py), and what the last writes showed (health.py).
+        self._allow_new_database = allow_new_database
+        self._mark = HighWaterMark(path)
+        self._identity: FileIdentity | None = None
+        self._checked_at = 0.0
+        self._health = WriteHealth()
+        self._closed = False
 
     def subscribe(self, hook: Callable[[Sequence[str], Sequence[Event]], None]) -> None:
         pass  # no other process shares the file
@@ -303,6 +315,10 @@ class SQLiteStore:
         lock_file.flush()
         self._lock_file = lock_file
         try:
+            # Read before the database is created, so that a refusal leaves no empty database behind.
+            earlier = self._mark.read()
+            if earlier is not None and not path.exists() and not self._allow_new_database:
+                raise StoreError(self._mark.refusal(earlier, None))
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
@@ -313,9 +329,26 @@ class SQLiteStore:
             conn.execute("PRAGMA temp_store = MEMORY")
             self._conn = conn
             self._migrate(conn)
-        except sqlite3.Error as exc:
+            self._mark.adopt(conn, earlier, allow_new=self._allow_new_database)
+            self._identity = FileIdentity(self.path)
+            self._checked_at = time.monotonic()
+        except (sqlite3.Error, StoreError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self._release_lock()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+
+    def _identity_changed(self) -> str | None:
+        """Latch the store broken (logged once) if its file was removed or replaced; the reason, or None."""
+        if self._health.broken is None and self._identity is not None:
+            self._checked_at = time.monotonic()
+            what = self._identity.changed()
+            if what is not None:
+                self._health.break_(broken_reason(what))
+        return self._health.broken
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -345,8 +378,16 @@ class SQLiteStore:
             self._lock_file = None
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def _close() -> None:
             if self._conn is not None:
+                if self._mark.database_id is not None and self._identity_changed() is None:
+                    # The exact counters, so that the next start leaves no gap; the reservation stands otherwise.
+                    with contextlib.suppress(StoreError, sqlite3.Error):
+                        self._mark.cover(self._conn, ahead=0, force=True)
                 self._conn.close()
                 self._conn = None
             self._release_lock()
@@ -363,8 +404,10 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._health.failed(str(exc))
             _fail(jobs, StoreError(f"cannot start a transaction: {exc}"))
             return
+        changes, faulted = conn.total_changes, False
         # A job alone needs no savepoint: its transaction is one. (A savepoint makes SQLite keep a statement
         # journal of every page the job changes, which triples the cost of a large delete.)
         alone = len(jobs) == 1
@@ -378,6 +421,9 @@ class SQLiteStore:
                 except sqlite3.Error as exc:
                     if not conn.in_transaction:
                         raise  # SQLite ended the whole transaction: the batch fails as one, below
+                    if not isinstance(exc, sqlite3.IntegrityError):  # a storage fault, not a broken rule
+                        faulted = True
+                        self._health.failed(str(exc))
                     job.error = StoreError(f"database error: {exc}")
                     conn.execute(undo)
                 except BaseException as exc:
@@ -386,21 +432,48 @@ class SQLiteStore:
                 if not alone:
                     conn.execute("RELEASE op")
             if not (alone and jobs[0].error is not None):
+                wrote = conn.total_changes != changes
+                if wrote:
+                    self._before_commit(conn)
+                elif time.monotonic() - self._checked_at >= IDENTITY_CHECK_INTERVAL:
+                    self._identity_changed()  # a read-only batch goes on; only writes are refused
                 conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+                if wrote and not faulted:
+                    self._health.succeeded()
+        except (sqlite3.Error, StoreError) as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if isinstance(exc, StoreBroken):
+                _fail(jobs, exc)
+                return
+            self._health.failed(str(exc))
             _fail(jobs, StoreError(f"database error: {exc}"))
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        """Raise unless the batch's changes may be committed and acknowledged: the file is still the one opened
+        (else the store is broken for good), and the high-water mark covers every number handed out."""
+        broken = self._identity_changed()
+        if broken is not None:
+            raise StoreBroken(broken)
+        self._mark.cover(conn)
 
     async def transact(self, fn: Callable[[SQLiteTx], T]) -> T:
         return await self._commits.submit(fn)
 
-    async def ping(self) -> bool:
-        try:
-            return await self.transact(lambda tx: tx.now() > 0)
-        except StoreError:
-            return False
+    async def readiness(self) -> str | None:
+        conn = self._conn
+        if conn is None:
+            return "the store is closed"
+        # Two stats, cheap enough for a route that needs no key: a removed file shows at once, even while idle.
+        broken = self._identity_changed()
+        if broken is not None:
+            return broken
+
+        def probe(tx: SQLiteTx) -> None:  # a write as small as one can be, answered as every write is
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('ready_probe', ?)", (repr(tx.now()),))
+
+        return await self._health.readiness(lambda: self.transact(probe))
 
 
 def _fail(jobs: list[Job], error: StoreError) -> None:
