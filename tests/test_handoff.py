@@ -152,3 +152,64 @@ def test_a_waiter_that_hung_up_never_keeps_the_slot_or_its_place_longer_than_the
         for sock in sockets:
             sock.close()
         server.stop()
+
+
+def _answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, object]]:
+    """The status and JSON body of one HTTP answer read from a raw socket."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), json.loads(rest[:length])
+
+
+def test_a_crowd_with_a_tenth_killed_serves_the_survivors_in_order_and_grants_the_dead_nothing(
+    tmp_path: Path,
+) -> None:
+    crowd, grace = 1000, 2
+    server = ServerProcess(tmp_path, env={"CALL_ME_TICKET_GRACE": str(grace), "CALL_ME_MAX_WAIT": "120"})
+    server.start()
+    sockets: list[socket.socket] = []
+    try:
+        with server.client() as admin:
+            held = admin.post("/v1/leases", json={"environment": "uat", "ttl": 3600}).json()
+            for _ in range(crowd):
+                sockets.append(_park(server.port, "uat", 120))
+            deadline = time.monotonic() + 60
+            while admin.get("/v1/environments/uat").json()["queue"].__len__() < crowd:
+                assert time.monotonic() < deadline, "the crowd did not park"
+                time.sleep(0.2)
+            queue = admin.get("/v1/environments/uat").json()["queue"]
+            order = [entry["seq"] for entry in queue]  # seq of socket i, in the order they were parked
+            dead = set(range(5, crowd, 10))  # every tenth, spread over the queue
+            for i in sorted(dead):
+                sockets[i].close()
+            time.sleep(grace + 1)  # a grace after the hang-ups, every dead ticket is abandoned
+
+            lease = held
+            served: list[int] = []
+            for i, sock in enumerate(sockets):
+                if i in dead:
+                    continue
+                released = admin.delete(f"/v1/leases/{lease['id']}", headers={"X-Lease-Token": lease["token"]})
+                assert released.status_code == 204
+                status, lease = _answer(sock, 10)
+                assert status == 201, (i, status, lease)
+                served.append(int(str(lease["seq"])))
+            assert served == [seq for i, seq in enumerate(order) if i not in dead], "survivors out of order"
+            with sqlite3.connect(server.database) as db:
+                kinds = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+            assert kinds.get("abandoned") == len(dead), kinds
+            assert kinds.get("revoked", 0) == 0, "a dead waiter was granted the slot"
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
