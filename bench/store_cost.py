@@ -148,7 +148,7 @@ async def measure(path: str, pairs: int, sync: bool) -> dict[str, dict[str, floa
             async def fn() -> None:
                 granted = await svc.acquire(WHO, request(name))
                 assert isinstance(granted, Granted)
-                await svc.release(WHO, granted.lease.id, granted.lease.token)
+                await svc.release(WHO, granted.lease.id, granted.token)
 
             return fn
 

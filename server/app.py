@@ -20,6 +20,7 @@ from .constants import PRUNE_FIRST_DELAY, PRUNE_INTERVAL, SWEEP_INTERVAL
 from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
 from .http import Parts, parts, route
 from .metrics import Metrics, RequestTimer, TimedStore
+from .secret import ServerSecret, open_secret
 from .service import Service
 from .settings import Settings
 from .store import for_database
@@ -96,9 +97,12 @@ async def _pruner(service: Service) -> None:
         await asyncio.sleep(PRUNE_INTERVAL)
 
 
-def create_app(settings: Settings, store: Store | None = None, *, close_store: bool = False) -> Starlette:
+def create_app(
+    settings: Settings, store: Store | None = None, secret: ServerSecret | None = None, *, close_store: bool = False
+) -> Starlette:
     """The application; it opens `store` (or the configured database) on start-up unless already open, and closes
-    what it opened (or, with `close_store`, the store it was given) at shutdown."""
+    what it opened (or, with `close_store`, the store it was given) at shutdown; and the server secret the
+    settings name unless given one."""
     owned = store is None
     the_store: Store = (
         store
@@ -111,9 +115,10 @@ def create_app(settings: Settings, store: Store | None = None, *, close_store: b
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        the_secret = secret if secret is not None else open_secret(settings)
         if owned:
             await the_store.open()
-        service = Service(TimedStore(the_store, metrics.transactions), settings)
+        service = Service(TimedStore(the_store, metrics.transactions), settings, the_secret)
         app.state.parts = Parts(settings, service, Keyring(settings.keys, no_auth=settings.no_auth))
         watcher = routes_live.attach(app, service, settings, metrics)
         await service.apply_declared([(e.name, e.change) for e in settings.environments])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_SLOTS = 1000
@@ -102,6 +102,12 @@ PG_RETRY_BACKOFF_MAX = 0.1  # ... up to this; the pause itself is drawn at rando
 PG_RECHECK = 2.0
 PG_RECHECK_POLL_ONLY = 0.5
 PG_CHANNEL = "callme"
+
+# The server secret (server/secret.py): the least length of CALL_ME_SECRET (or of its file's content), the random
+# bytes of a secret made at first start, and the name of that file beside a SQLite database.
+MIN_SECRET_LENGTH = 32
+SECRET_BYTES = 32
+SECRET_FILE_SUFFIX = ".secret"  # noqa: S105 - a file name, not a password
 
 ADMIN_KEY_NAME = "admin"
 NO_AUTH_NAME = "anonymous"

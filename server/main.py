@@ -16,6 +16,7 @@ from .clock import Clock
 from .connections import ConnectionLimits, connection_cap, http_protocol, raise_file_limit
 from .errors import ConfigError
 from .logfilter import RepeatLimit
+from .secret import ServerSecret, open_secret
 from .settings import Settings, load
 from .store import for_database
 from .store.base import StoreError, redact
@@ -37,7 +38,7 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, secret: ServerSecret) -> int:
     store = for_database(
         settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
     )
@@ -49,7 +50,7 @@ async def _serve(settings: Settings) -> int:
     # Closed at the application's shutdown: after a stop signal uvicorn raises the signal again once it has shut
     # down, and the process ends there, before the `finally` below (a clean close checkpoints the WAL, releases
     # the lock and writes the exact high-water mark).
-    app = create_app(settings, store, close_store=True)
+    app = create_app(settings, store, secret, close_store=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -115,6 +116,13 @@ Configured by environment variables (a bad value stops start-up with one line na
                          byte (10); a parked long-poll or an event stream is not cut by it
   CALL_ME_IDLE_TIMEOUT   seconds a connection may stay open with no request on it (30)
   CALL_ME_ALLOW_NEW_DATABASE  SQLite: start although the database that was used here is gone (false)
+  CALL_ME_SECRET         the server secret that lease tokens and ticket ids are derived from, so that the
+                         database never holds them: at least 32 characters (`openssl rand -base64 32`).
+                         Required with PostgreSQL, the same on every replica. On SQLite, without it, the
+                         file <database>.secret is made (0600) at first start: back it up apart from the
+                         database. A changed secret makes live leases' tokens wrong_token.
+  CALL_ME_SECRET_FILE    a file that holds the secret instead (made at first start on SQLite if missing)
+  CALL_ME_SECRET_PREVIOUS  the secret before a rotation: its tokens and ticket ids are still accepted
 
 Run it behind a TLS proxy whose timeouts towards it exceed CALL_ME_MAX_WAIT (README: Behind a TLS proxy).
 
@@ -155,8 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     if settings.no_auth:
         log.warning("AUTHENTICATION IS OFF (CALL_ME_NO_AUTH): anyone who reaches this port is an admin")
     log.info("starting on %s:%s with database %s", settings.host, settings.port, redact(settings.database))
+    try:
+        # Before the store opens: on SQLite its file is made (and durable) before any token is given out.
+        secret = open_secret(settings)
+    except ConfigError as exc:
+        print(f"call-me-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_serve(settings))
+        code = runner.run(_serve(settings, secret))
     raise SystemExit(code)
 
 

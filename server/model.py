@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +30,10 @@ class Environment:
 class Lease:
     id: str
     environment: str
-    token: str = field(repr=False)  # the holder's secret: never in a repr, a log line or an error
+    # The token of a lease granted before schema 5, which was stored and is still checked and given back; None for
+    # every lease since, whose token is derived from the server secret and never stored (secret.py). Never in a
+    # repr, a log line or an error.
+    token: str | None = field(repr=False)
     holder: str
     metadata: JSONObject
     fence: int
@@ -53,7 +57,9 @@ class Lease:
 
 @dataclass
 class Ticket:
-    id: str = field(repr=False)  # the requester's secret: only `seq` is public
+    # The row id: the public part of the id its requester holds (secret.py), or the whole of one made before
+    # schema 5. Either way not shown: only `seq` is public.
+    id: str = field(repr=False)
     seq: int
     key_name: str
     environment: str | None
@@ -65,7 +71,7 @@ class Ticket:
     enqueued_at: float
     # The last moment the server was (or, for a held long-poll, will be) answering this ticket's client.
     seen_at: float
-    request_id: str | None = None
+    request_id: str | None = None  # its request_digest, never the request_id itself
     state: TicketState = "waiting"
     lease_id: str | None = None
     ended_at: float | None = None
@@ -73,6 +79,14 @@ class Ticket:
     @property
     def target(self) -> str:
         return self.environment if self.environment is not None else f"label:{self.label}"
+
+
+def request_digest(request_id: str) -> str:
+    """How a ticket keeps its request_id, and is found by it again: its SHA-256, so that a copy of the database
+    gives no request_id to replay (with the key, a request_id returns the lease's token). Unkeyed, so that a
+    change of the server secret never makes a repeat take a second place. Also an SQL function on SQLite, for
+    the migration that hashed the request_ids stored before (store/migrations.py)."""
+    return "sha256:" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ rendering never depends on the service.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import rules
 from .model import Environment, Lease, Ticket
@@ -30,10 +30,11 @@ class Group:
 
 @dataclass
 class Granted:
-    """A lease (with its token for the acquirer) and the environment it holds."""
+    """A lease and the environment it holds, with the lease's token when the answer goes to its acquirer."""
 
     lease: Lease
     environment: Environment
+    token: str | None = field(default=None, repr=False)  # derived (secret.py): the lease row holds none
     # False for a grant made while its request was parked: collected only once the 201 has gone to a client
     # still connected (until then it is revoked after the grace, as any grant its client did not collect).
     collected: bool = True
@@ -44,6 +45,7 @@ class Queued:
     """A ticket still waiting: its position, the group it waits in, and how long this request was held."""
 
     ticket: Ticket
+    ticket_id: str = field(repr=False)  # what the requester holds (secret.py): the ticket row's id is only part of it
     position: int
     group: Group
     waited: float = 0.0
@@ -52,7 +54,8 @@ class Queued:
         """The same answer without the rest of its group (the other waiters, environments it cannot use):
         what a parked long-poll keeps while it waits, so that thousands of them stay small."""
         usable = [e for e in self.group.envs if rules.can_serve(e, self.ticket)]
-        return Queued(self.ticket, self.position, Group(usable, self.group.holders(self.ticket), []), self.waited)
+        group = Group(usable, self.group.holders(self.ticket), [])
+        return Queued(self.ticket, self.ticket_id, self.position, group, self.waited)
 
 
 @dataclass

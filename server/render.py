@@ -21,7 +21,7 @@ def timestamp(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def lease_json(lease: Lease, env: Environment | None, *, token: bool = False) -> dict[str, Any]:
+def lease_json(lease: Lease, env: Environment | None, *, token: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": lease.id,
         "environment": lease.environment,
@@ -36,8 +36,8 @@ def lease_json(lease: Lease, env: Environment | None, *, token: bool = False) ->
         "seq": lease.seq,
         "properties": env.properties if env is not None else {},
     }
-    if token:
-        body["token"] = lease.token
+    if token is not None:
+        body["token"] = token
     return body
 
 
@@ -53,7 +53,7 @@ def holders_json(holders: list[Lease], envs: list[Environment]) -> list[dict[str
 def queued_json(queued: Queued) -> dict[str, Any]:
     ticket = queued.ticket
     return {
-        "ticket": ticket.id,
+        "ticket": queued.ticket_id,
         "seq": ticket.seq,
         "position": queued.position,
         "environment": ticket.environment,
@@ -136,25 +136,26 @@ def _lines(pairs: list[tuple[str, object]]) -> str:
 
 
 def granted_response(request: Request, granted: Granted) -> Response:
-    lease, env = granted.lease, granted.environment
+    lease, env, token = granted.lease, granted.environment, granted.token
+    assert token is not None  # an acquire's grant carries its token
     headers = {"Location": f"/v1/leases/{lease.id}"}
     if wants_text(request):
         pairs: list[tuple[str, object]] = [
             ("CALL_ME_LEASE_ID", lease.id),
-            ("CALL_ME_LEASE_TOKEN", lease.token),
+            ("CALL_ME_LEASE_TOKEN", token),
             ("CALL_ME_ENVIRONMENT", lease.environment),
             ("CALL_ME_FENCE", lease.fence),
             ("CALL_ME_EXPIRES_AT", timestamp(lease.expires_at)),
         ]
         pairs += [(property_variable(k), v) for k, v in sorted(env.properties.items())]
         return PlainTextResponse(_lines(pairs), status_code=201, headers=headers)
-    return JSONResponse(lease_json(lease, env, token=True), status_code=201, headers=headers)
+    return JSONResponse(lease_json(lease, env, token=token), status_code=201, headers=headers)
 
 
 def queued_response(request: Request, queued: Queued) -> Response:
     if wants_text(request):
         pairs: list[tuple[str, object]] = [
-            ("CALL_ME_TICKET", queued.ticket.id),
+            ("CALL_ME_TICKET", queued.ticket_id),
             ("CALL_ME_POSITION", queued.position),
         ]
         return PlainTextResponse(_lines(pairs), status_code=202)

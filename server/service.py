@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from .model import Environment, Event, Principal
 from .outcomes import EnvironmentView, Granted, Queued
 from .rules import Floor
+from .secret import ServerSecret
 from .service_admin import Administration
 from .service_core import Core, Listener
 from .service_history import Housekeeping, Pruned
@@ -35,8 +36,9 @@ from .waiters import Waiters
 class Service:
     """The lock server's operations, on one store."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self._core = core = Core(store, settings)
+    def __init__(self, store: Store, settings: Settings, secret: ServerSecret | None = None) -> None:
+        """`secret` derives and checks lease tokens and ticket ids (secret.py); without one, a random one of its own."""
+        self._core = core = Core(store, settings, secret)
         # The core's own objects: the app adds listeners, closes the waiters at shutdown, and reads the rest.
         self.store: Store = core.store
         self.settings: Settings = core.settings

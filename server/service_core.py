@@ -20,6 +20,7 @@ from .constants import WAITED
 from .errors import CallMeError, Unavailable
 from .model import Event, Lease, Ticket
 from .outcomes import Granted, Group, Queued
+from .secret import ServerSecret
 from .settings import Settings
 from .store.base import Store, StoreBroken, StoreError, Tx
 from .waiters import Waiters
@@ -46,11 +47,14 @@ Listener = Callable[[Sequence[Event]], None]
 
 
 class Core:
-    """What every group of operations shares: the store, the settings, the start-up floor and the wake-ups."""
+    """What every group of operations shares: the store, the settings, the server secret, the start-up floor and
+    the wake-ups."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, secret: ServerSecret | None = None) -> None:
         self.store = store
         self.settings = settings
+        # Derives and checks lease tokens and ticket ids; the server passes the one it opened at start-up.
+        self.secret = secret if secret is not None else ServerSecret.generate()
         self.floor = rules.Floor(store.started_at, settings.ticket_grace)
         self.waiters = Waiters()
         self.listeners: list[Listener] = []
@@ -120,7 +124,7 @@ class Core:
         lease = Lease(
             id="l_" + secrets.token_hex(10),
             environment=env,
-            token="k_" + secrets.token_urlsafe(24),  # a prefix: never starts with "-", which CLIs take for a flag
+            token=None,  # derived from the server secret when it is given out, never stored (secret.py)
             holder=ticket.holder,
             metadata=ticket.metadata,
             fence=tx.next_fence(),
@@ -183,13 +187,19 @@ class Core:
             lease = self.grant(tx, op, ticket, env, collect=ticket.id != immediate)
             live.append(lease)
             if ticket.id != immediate and self.waiters.parked_here(ticket.id):
-                op.handed[ticket.id] = Granted(lease, must(next((e for e in envs if e.name == env), None)))
+                env_of = must(next((e for e in envs if e.name == env), None))
+                op.handed[ticket.id] = Granted(lease, env_of, token=self.secret.token(lease))
             waiting.remove(ticket)
         return Group(envs, live, waiting)
 
     def queued(self, group: Group, ticket: Ticket) -> Queued:
         """The answer for a ticket still waiting in `group`."""
-        return Queued(ticket=ticket, position=rules.position(group.envs, group.waiting, ticket), group=group)
+        return Queued(
+            ticket=ticket,
+            ticket_id=self.secret.ticket_id(ticket),
+            position=rules.position(group.envs, group.waiting, ticket),
+            group=group,
+        )
 
 
 def must(value: T | None) -> T:

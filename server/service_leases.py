@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -13,8 +11,9 @@ from dataclasses import replace
 from . import rules
 from .constants import AUTO_CREATED
 from .errors import Busy, Forbidden, Invalid, LeaseGone, Maintenance, NotFound, TicketGone, Unavailable, WrongToken
-from .model import Environment, Lease, Principal, Ticket
+from .model import Environment, Lease, Principal, Ticket, request_digest
 from .outcomes import Granted, Queued
+from .secret import new_ticket_row_id
 from .service_core import Core, Op, labels, must, names, target_note
 from .store.base import Tx
 from .validation import AcquireRequest
@@ -111,13 +110,15 @@ class Leasing:
             raise Invalid("priority", f"is above this key's max_priority ({principal.max_priority})")
         holder = req.holder if req.holder is not None else principal.name
         ttl = req.ttl if req.ttl is not None else self.core.settings.default_ttl
+        # The ticket's row, once the MAC of the id presented checks out (secret.py): a row id alone names none.
+        ticket_row = self.core.secret.ticket_row_id(req.ticket) if req.ticket is not None else None
         existing: Ticket | None = None
         if req.request_id is not None:
-            existing = tx.ticket_by_request(principal.name, req.request_id)
+            existing = tx.ticket_by_request(principal.name, request_digest(req.request_id))
             if existing is not None:
-                _check_repeat(existing, req, holder, ttl)
+                _check_repeat(existing, req, holder, ttl, ticket_row)
         if existing is None and req.ticket is not None:
-            existing = tx.ticket(req.ticket)
+            existing = tx.ticket(ticket_row) if ticket_row is not None else None
             if existing is None:
                 raise TicketGone("this ticket is unknown (or long gone); post again without it to join the queue")
             _check_same_target(existing, req)
@@ -144,7 +145,7 @@ class Leasing:
         elif not tx.group([], [req.label or ""]):
             raise NotFound(f'no environment carries the label "{req.label}"')
         ticket = Ticket(
-            id="t_" + secrets.token_urlsafe(24),
+            id=new_ticket_row_id(),
             seq=tx.next_seq(),
             key_name=principal.name,
             environment=req.environment,
@@ -155,7 +156,7 @@ class Leasing:
             metadata=req.metadata,
             enqueued_at=op.now,
             seen_at=op.now + hold,
-            request_id=req.request_id,
+            request_id=request_digest(req.request_id) if req.request_id is not None else None,
         )
         tx.insert_ticket(ticket)
         group = core.settle(tx, op, names(ticket), labels(ticket), immediate=ticket.id)
@@ -169,7 +170,7 @@ class Leasing:
                 tx.touch_environment(target.name, op.now)  # in use: not forgotten (service_history.py)
         mine = next((lease for lease in group.live if lease.ticket_id == ticket.id), None)
         if mine is not None:
-            return Granted(mine, must(group.env(mine.environment)))
+            return Granted(mine, must(group.env(mine.environment)), token=core.secret.token(mine))
         usable = [e for e in group.envs if rules.can_serve(e, ticket)]
         if not req.queue:
             if usable and all(e.maintenance for e in usable):
@@ -202,7 +203,9 @@ class Leasing:
             if collect and lease.collect_by is not None:  # the client came back for it
                 lease.collect_by = None
                 tx.update_lease(lease)
-            return Granted(lease, must(tx.environment(lease.environment)), collected=lease.collect_by is None)
+            # The token again, as often as asked (API.md): derived anew, since the lease's row holds none.
+            env = must(tx.environment(lease.environment))
+            return Granted(lease, env, token=self.core.secret.token(lease), collected=lease.collect_by is None)
         ticket.seen_at = op.now + hold
         tx.update_ticket(ticket)
         return self.core.queued(group, ticket)
@@ -210,9 +213,12 @@ class Leasing:
     async def leave(self, principal: Principal, ticket_id: str) -> None:
         """Leave the queue, releasing a lease granted to the ticket meanwhile."""
         core = self.core
+        row_id = core.secret.ticket_row_id(ticket_id)
+        if row_id is None:
+            return  # names no ticket (a row id read from a copy of the database among them): as if already gone
 
         def fn(tx: Tx, op: Op) -> None:
-            ticket = tx.ticket(ticket_id)
+            ticket = tx.ticket(row_id)
             if ticket is None or ticket.state in ("left", "abandoned"):
                 return
             if ticket.state == "granted":
@@ -230,13 +236,12 @@ class Leasing:
 
     # -- renew and release ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _lease_for(tx: Tx, lease_id: str, token: str | None, *, force: bool = False) -> Lease:
+    def _lease_for(self, tx: Tx, lease_id: str, token: str | None, *, force: bool = False) -> Lease:
         """The lease, once its token is checked (the token first: nothing about a lease without it)."""
         lease = tx.lease(lease_id)
         if lease is None:
             raise NotFound(f"lease {lease_id} does not exist")
-        if not force and (token is None or not hmac.compare_digest(token.encode(), lease.token.encode())):
+        if not force and not self.core.secret.token_matches(lease, token):
             raise WrongToken(
                 f"the token does not match lease {lease_id}; send the token of the 201 answer in X-Lease-Token"
             )
@@ -326,7 +331,7 @@ def _check_same_target(ticket: Ticket, req: AcquireRequest) -> None:
         raise Invalid("priority", f"differs from the ticket's priority {ticket.priority}")
 
 
-def _check_repeat(ticket: Ticket, req: AcquireRequest, holder: str, ttl: int) -> None:
+def _check_repeat(ticket: Ticket, req: AcquireRequest, holder: str, ttl: int, ticket_row: str | None) -> None:
     _check_same_target(ticket, req)
     for field_name, before, now in (
         ("holder", ticket.holder, holder),
@@ -335,5 +340,5 @@ def _check_repeat(ticket: Ticket, req: AcquireRequest, holder: str, ttl: int) ->
     ):
         if before != now:
             raise Invalid(field_name, "differs from the first request with this request_id; use a new request_id")
-    if req.ticket is not None and req.ticket != ticket.id:
+    if req.ticket is not None and ticket_row != ticket.id:
         raise Invalid("ticket", "does not belong to the request with this request_id")

@@ -29,6 +29,7 @@ from .constants import (
     DEFAULT_TTL,
     MAX_PRIORITY,
     MAX_RETENTION_DAYS,
+    MIN_SECRET_LENGTH,
     ROLES,
 )
 from .errors import ConfigError, Invalid
@@ -80,6 +81,11 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     read_timeout: float = DEFAULT_READ_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    # Where the server secret comes from (secret.py: open_secret reads it, or makes SQLite's file, at start-up):
+    # its value, or a file that holds it; and the one before a rotation, still accepted.
+    secret: str | None = field(default=None, repr=False)
+    secret_file: str | None = None
+    secret_previous: str | None = field(default=None, repr=False)
     keys: tuple[KeyConfig, ...] = ()
     environments: tuple[EnvironmentConfig, ...] = ()
 
@@ -120,6 +126,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip()  # as a secret file's content is read: the same secret either way
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{name}: must be at least {MIN_SECRET_LENGTH} characters, got {len(value)}; "
+            "use 32 random bytes, e.g. the output of `openssl rand -base64 32`"
+        )  # never the value itself
+    return value
 
 
 def digest(key: str) -> bytes:
@@ -221,7 +240,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_connections=_int(env, "CALL_ME_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000),
         read_timeout=_float(env, "CALL_ME_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, 0.1, 3600),
         idle_timeout=_float(env, "CALL_ME_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, 0.1, 86400),
+        secret=_secret(env, "CALL_ME_SECRET"),
+        secret_file=env.get("CALL_ME_SECRET_FILE") or None,
+        secret_previous=_secret(env, "CALL_ME_SECRET_PREVIOUS"),
     )
+    if settings.secret is not None and settings.secret_file is not None:
+        raise ConfigError("CALL_ME_SECRET_FILE: set either CALL_ME_SECRET or CALL_ME_SECRET_FILE, not both")
     keys: tuple[KeyConfig, ...] = ()
     envs: tuple[EnvironmentConfig, ...] = ()
     if settings.config_path:

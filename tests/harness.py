@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from callme.server.clock import FakeClock
 from callme.server.model import Environment, Event, Lease, Principal, Ticket
 from callme.server.outcomes import Granted, Queued
+from callme.server.secret import ServerSecret
 from callme.server.service import Service
 from callme.server.settings import Settings
 from callme.server.store.base import Store, Tx
@@ -59,6 +60,7 @@ class Harness:
         self.path = str(path)
         self.clock = FakeClock()
         self.settings = settings or Settings(ticket_grace=grace, default_ttl=60, max_ttl=3600)
+        self.secret = ServerSecret.generate()  # one for every start: tokens and ticket ids outlive a restart
         self.loop = asyncio.new_event_loop()
         self.make_store = make_store or (lambda clock: SQLiteStore(self.path, clock))
         self.store: Store | None = None
@@ -71,7 +73,7 @@ class Harness:
     def start(self) -> None:
         self.store = self.make_store(self.clock)
         self.run(self.store.open())
-        self.service = Service(self.store, self.settings)
+        self.service = Service(self.store, self.settings, self.secret)
 
     def stop(self) -> None:
         assert self.store is not None

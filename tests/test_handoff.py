@@ -52,7 +52,7 @@ def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_and_collects_
 
             operations: list[int] = []
             service.listeners.append(lambda events: operations.append(store._commits.operations))
-            await service.release(ADMIN, held.lease.id, held.lease.token)
+            await service.release(ADMIN, held.lease.id, held.token)
             got = await asyncio.wait_for(parked, 5)
             assert isinstance(got, Granted)
             assert store._commits.operations == operations[0], "a transaction ran between the release and the 201"

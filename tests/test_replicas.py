@@ -50,6 +50,8 @@ TARGETS = [
     {"environment": "auto-1"},  # created on first request, by whichever replica comes first
     {"environment": "auto-2"},
 ]
+# PostgreSQL needs the server secret, the same on every replica: a token or ticket id made by one works on all.
+SECRET = "replicas-share-this-secret-" + uuid.uuid4().hex
 CONFIG = DEFAULT_CONFIG + "".join(
     f'\n[[environments]]\nname = "{name}"\nslots = {slots}\nlabels = {list(labels)!r}\n'.replace("'", '"')
     for name, (slots, labels) in ENVIRONMENTS.items()
@@ -75,6 +77,7 @@ def running(
 ) -> Iterator[tuple[list[ServerProcess], str]]:
     """`count` replicas on a new database, started all at once (they migrate and apply the file concurrently)."""
     url = postgres.create_database(empty=True)
+    env = {"CALL_ME_SECRET": SECRET, **env}
     procs = [ServerProcess(workdir, database=url, config=CONFIG, env=env) for _ in range(count)]
     try:
         for proc in procs:

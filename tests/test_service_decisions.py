@@ -60,18 +60,19 @@ def test_a_priority_above_the_keys_max_priority_is_invalid_except_for_an_admin_k
 
 
 def test_renew_and_release_check_the_token_first_whatever_the_leases_state(h: Harness) -> None:
-    lease = granted(h).lease
+    answer = granted(h)
+    lease, token = answer.lease, answer.token
     with pytest.raises(WrongToken):
         h.run(h.svc.renew(lease.id, "k_wrong", None))
     with pytest.raises(WrongToken):
         h.run(h.svc.release(ADMIN, lease.id, None))  # an admin key without force is like any other
-    h.run(h.svc.release(ADMIN, lease.id, lease.token))
+    h.run(h.svc.release(ADMIN, lease.id, token))
     with pytest.raises(WrongToken):
         h.run(h.svc.renew(lease.id, "k_wrong", None))
     with pytest.raises(LeaseGone):
-        h.run(h.svc.renew(lease.id, lease.token, None))
+        h.run(h.svc.renew(lease.id, token, None))
     with pytest.raises(NotFound):
-        h.run(h.svc.renew("l_unknown", lease.token, None))
+        h.run(h.svc.renew("l_unknown", token, None))
 
 
 def test_a_forced_release_needs_an_admin_key(h: Harness) -> None:
@@ -106,7 +107,7 @@ def test_an_unknown_environment_is_created_with_one_slot_or_is_404_when_auto_cre
 def test_coming_back_with_a_ticket_must_name_the_same_target_and_priority(h: Harness) -> None:
     h.put("uat", labels=["staging"])
     granted(h)
-    ticket = queued(h).ticket.id
+    ticket = queued(h).ticket_id
     for other in (request("dev", ticket=ticket), request(None, "staging", ticket=ticket)):
         with pytest.raises(Invalid) as refused:
             h.acquire(other)
@@ -117,13 +118,13 @@ def test_coming_back_with_a_ticket_must_name_the_same_target_and_priority(h: Har
         assert refused.value.field == "priority"
     assert isinstance(h.acquire(request("uat", ticket=ticket)), Queued)
     # Any priority the key may use, compared by value (ints above 256 are distinct objects in CPython).
-    high = queued(h, priority=100_000).ticket.id
+    high = queued(h, priority=100_000).ticket_id
     assert isinstance(h.acquire(request("uat", ticket=high, priority=int("100000"))), Queued)
 
 
 def test_a_ticket_that_is_unknown_left_or_abandoned_is_gone(h: Harness) -> None:
     granted(h)
-    left, abandoned = queued(h).ticket.id, queued(h).ticket.id
+    left, abandoned = queued(h).ticket_id, queued(h).ticket_id
     with pytest.raises(TicketGone):
         h.acquire(request("uat", ticket="t_unknown"))
     h.run(h.svc.leave(ADMIN, left))
@@ -137,7 +138,7 @@ def test_a_ticket_that_is_unknown_left_or_abandoned_is_gone(h: Harness) -> None:
 
 def test_polling_keeps_a_ticket_live_for_a_grace_from_each_poll(h: Harness) -> None:
     granted(h, ttl=3600)
-    ticket = queued(h).ticket.id
+    ticket = queued(h).ticket_id
     for _ in range(3):  # three graces in all, never one without a poll
         h.clock.advance(GRACE - 1)
         h.run(h.svc.sweep())
@@ -151,15 +152,15 @@ def test_polling_keeps_a_ticket_live_for_a_grace_from_each_poll(h: Harness) -> N
 
 
 def test_a_repeated_request_id_returns_what_the_first_request_made(h: Harness) -> None:
-    lease = granted(h, request_id="a").lease
-    again = granted(h, request_id="a").lease
-    assert (again.id, again.token) == (lease.id, lease.token)
-    waiting = queued(h, request_id="b").ticket
-    assert queued(h, request_id="b", queue=True).ticket.id == waiting.id
-    assert [t.id for t in h.waiting()] == [waiting.id]  # no second place in the queue
+    lease = granted(h, request_id="a")
+    again = granted(h, request_id="a")
+    assert (again.lease.id, again.token) == (lease.lease.id, lease.token)
+    waiting = queued(h, request_id="b")
+    assert queued(h, request_id="b", queue=True).ticket_id == waiting.ticket_id
+    assert [t.id for t in h.waiting()] == [waiting.ticket.id]  # no second place in the queue
     other_key = h.acquire(request("uat", request_id="b"), CLIENT)  # a request_id belongs to one key
     assert isinstance(other_key, Queued)
-    assert other_key.ticket.id != waiting.id
+    assert other_key.ticket_id != waiting.ticket_id
 
 
 @pytest.mark.parametrize(
@@ -188,13 +189,13 @@ def test_a_repeated_request_id_with_a_different_request_is_invalid(
 
 def test_a_repeated_request_id_may_bring_the_ticket_it_was_given(h: Harness) -> None:
     granted(h)
-    ticket = queued(h, request_id="r").ticket.id
-    assert queued(h, request_id="r", ticket=ticket).ticket.id == ticket
+    ticket = queued(h, request_id="r").ticket_id
+    assert queued(h, request_id="r", ticket=ticket).ticket_id == ticket
 
 
 def test_a_request_id_finds_its_ended_lease_then_is_forgotten_after_the_retention(h: Harness) -> None:
     first = granted(h, request_id="r1")
-    h.run(h.svc.release(ADMIN, first.lease.id, first.lease.token))
+    h.run(h.svc.release(ADMIN, first.lease.id, first.token))
     h.run(h.svc.sweep())
     with pytest.raises(TicketGone):
         h.acquire(request("uat", request_id="r1"))
@@ -215,8 +216,8 @@ def test_a_request_id_finds_its_ended_lease_then_is_forgotten_after_the_retentio
 
 def test_a_grant_collected_by_the_next_poll_is_no_longer_revoked_after_the_grace(h: Harness) -> None:
     first = granted(h)
-    ticket = queued(h).ticket.id
-    h.run(h.svc.release(ADMIN, first.lease.id, first.lease.token))  # granted while its client is away
+    ticket = queued(h).ticket_id
+    h.run(h.svc.release(ADMIN, first.lease.id, first.token))  # granted while its client is away
     h.clock.advance(GRACE - 1)
     lease = h.acquire(request("uat", ticket=ticket))
     assert isinstance(lease, Granted)
@@ -227,8 +228,8 @@ def test_a_grant_collected_by_the_next_poll_is_no_longer_revoked_after_the_grace
 
 def test_leaving_releases_a_lease_granted_to_the_ticket_meanwhile(h: Harness) -> None:
     first = granted(h)
-    ticket = queued(h).ticket.id
-    h.run(h.svc.release(ADMIN, first.lease.id, first.lease.token))
+    ticket = queued(h).ticket_id
+    h.run(h.svc.release(ADMIN, first.lease.id, first.token))
     [lease] = h.live_leases()
     h.run(h.svc.leave(CLIENT, ticket))
     assert h.live_leases() == []
@@ -244,7 +245,7 @@ def test_a_held_long_poll_is_answered_as_soon_as_its_ticket_is_granted(h: Harnes
     async def scenario() -> object:
         waiter = asyncio.create_task(h.svc.acquire(ADMIN, replace(request("uat"), wait=20.0)))
         await _until(h, bool)  # its ticket is queued
-        await h.svc.release(ADMIN, first.lease.id, first.lease.token)
+        await h.svc.release(ADMIN, first.lease.id, first.token)
         # Far less than the 20 s the request may be held: the grant itself ends the wait.
         return await asyncio.wait_for(waiter, 3.0)
 
@@ -255,7 +256,7 @@ def test_a_held_long_poll_is_answered_as_soon_as_its_ticket_is_granted(h: Harnes
 def test_a_request_held_open_keeps_its_ticket_live(h: Harness, come_back: bool) -> None:
     """The grace runs from when the server last finished answering, so a long-poll counts until it ends."""
     granted(h)
-    ticket = queued(h).ticket.id if come_back else None
+    ticket = queued(h).ticket_id if come_back else None
 
     async def scenario() -> int:
         waiter = asyncio.create_task(h.svc.acquire(ADMIN, replace(request("uat", ticket=ticket), wait=20.0)))
@@ -292,6 +293,6 @@ def test_an_acquired_event_says_how_long_its_ticket_waited_and_only_when_it_wait
     first = granted(h)
     queued(h)
     h.clock.advance(0.25)
-    h.run(h.svc.release(ADMIN, first.lease.id, first.lease.token))
+    h.run(h.svc.release(ADMIN, first.lease.id, first.token))
     details = [e.detail for e in h.events() if e.kind == "acquired"]
     assert details == [None, "waited 0.250 s in the queue"]

@@ -344,7 +344,7 @@ def test_a_granted_ticket_is_forgotten_a_retention_period_after_its_lease_ended(
     h.put("b")
     ended = h.acquire(request("a", request_id="r-ended"))
     assert isinstance(ended, Granted)
-    h.run(h.svc.release(ADMIN, ended.lease.id, ended.lease.token))
+    h.run(h.svc.release(ADMIN, ended.lease.id, ended.token))
     maybe = h.run(h.svc.maybe_acquire(ADMIN, "b"))  # a /maybe POST makes a ticket too
     h.run(h.svc.maybe_release(ADMIN, "b"))
     with pytest.raises(TicketGone):  # API.md: the same request_id is 410 once its lease has ended ...
@@ -433,7 +433,7 @@ def test_prune_removes_old_history_in_batches_and_keeps_what_is_live(harness: Ha
     h.put("a")
     old = h.acquire(request("a", request_id="r-old"))
     assert isinstance(old, Granted)
-    h.run(h.svc.release(ADMIN, old.lease.id, old.lease.token))
+    h.run(h.svc.release(ADMIN, old.lease.id, old.token))
     start = h.clock.now()
     many = 2 * PRUNE_BATCH + 500  # more old events than two batches
 
@@ -456,7 +456,7 @@ def test_prune_removes_old_history_in_batches_and_keeps_what_is_live(harness: Ha
     h.put("c")
     recent = h.acquire(request("c", request_id="r-recent"))
     assert isinstance(recent, Granted)
-    h.run(h.svc.release(ADMIN, recent.lease.id, recent.lease.token))
+    h.run(h.svc.release(ADMIN, recent.lease.id, recent.token))
     cut = h.clock.now() - h.settings.history_days * DAY
     kept = [e for e in h.events() if e.at >= cut]
     assert len(_events_before(h, cut)) == many + 3  # the put, acquired and released of "a" as well
@@ -486,7 +486,7 @@ def test_a_granted_ticket_whose_lease_was_pruned_first_is_gone(harness: Harness)
     h.put("a")
     granted = h.acquire(request("a", request_id="r1"))
     assert isinstance(granted, Granted)
-    h.run(h.svc.release(ADMIN, granted.lease.id, granted.lease.token))
+    h.run(h.svc.release(ADMIN, granted.lease.id, granted.token))
     assert h.read(lambda tx: tx.prune_leases(h.clock.now() + 1, 10)) == 1  # the ticket is still there
     with pytest.raises(TicketGone):
         h.acquire(request("a", request_id="r1"))
@@ -498,7 +498,7 @@ def test_request_ids_are_kept_a_day_whatever_the_history_setting(tmp_path: Path)
         h.put("a")
         granted = h.acquire(request("a", request_id="r1"))
         assert isinstance(granted, Granted)
-        h.run(h.svc.release(ADMIN, granted.lease.id, granted.lease.token))
+        h.run(h.svc.release(ADMIN, granted.lease.id, granted.token))
         h.clock.advance(REQUEST_ID_RETENTION - 60)
         assert h.run(h.svc.prune()).tickets == 0
         with pytest.raises(TicketGone):
@@ -517,7 +517,7 @@ def test_idle_auto_created_environments_are_forgotten_and_declared_ones_never(ha
     for name in ("idle", "held", "queued", "used", "promoted"):
         got = h.acquire(request(name))
         assert isinstance(got, Granted)
-        h.run(h.svc.release(ADMIN, got.lease.id, got.lease.token))
+        h.run(h.svc.release(ADMIN, got.lease.id, got.token))
     h.put("promoted", description="declared by an admin after a first request")
     start = h.clock.now()
 
@@ -536,7 +536,7 @@ def test_idle_auto_created_environments_are_forgotten_and_declared_ones_never(ha
     h.clock.advance(month / 2)
     used = h.acquire(request("used"))  # a ticket made for it: in use
     assert isinstance(used, Granted)
-    h.run(h.svc.release(ADMIN, used.lease.id, used.lease.token))
+    h.run(h.svc.release(ADMIN, used.lease.id, used.token))
     h.clock.advance(month / 2 + 1)
     names = lambda: [e.name for e in h.environments()]  # noqa: E731
     assert h.run(h.svc.prune()).forgotten == 1

@@ -66,6 +66,20 @@ CREATE INDEX environments_idle ON environments (last_used_at) WHERE auto;
 _BOUNDED_HISTORY_SQLITE = _BOUNDED_HISTORY.format(real="REAL", greatest="max")
 _BOUNDED_HISTORY_POSTGRES = _BOUNDED_HISTORY.format(real="DOUBLE PRECISION", greatest="GREATEST")
 
+# Version 5 (secrets at rest, secret.py): leases granted from now on store no token (an empty one) and tickets
+# made from now on store only the public part of their id, which older servers would get wrong (every such lease
+# would answer wrong_token), hence a version of its own that they refuse to open. Rows from before keep their token
+# and their id until they end. Their request_ids are hashed now, as new ones are (model.request_digest): a
+# request_id with its key returns the lease's token, so none may stay readable in a copy of the database. SQLite
+# has no SHA-256 of its own: the store gives its connection `callme_request_digest` (the same function).
+_HASH_REQUEST_IDS_SQLITE = """
+UPDATE tickets SET request_id = callme_request_digest(request_id) WHERE request_id IS NOT NULL
+"""
+_HASH_REQUEST_IDS_POSTGRES = """
+UPDATE tickets SET request_id = 'sha256:' || encode(sha256(convert_to(request_id, 'UTF8')), 'hex')
+WHERE request_id IS NOT NULL
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(
         what="the first schema: environments, leases, tickets, events and the fence and seq counters",
@@ -156,6 +170,11 @@ MIGRATIONS: list[Migration] = [
         "bounded history: what the prune finds ended leases and idle auto-created environments by",
         sqlite=_FLAT_COST + _FILL_LABELS_SQLITE + _BOUNDED_HISTORY_SQLITE,
         postgres=_FLAT_COST + _FILL_LABELS_POSTGRES + _BOUNDED_HISTORY_POSTGRES,
+    ),
+    Migration(
+        what="secrets at rest: no clear token or ticket id in new rows, request_ids kept as their SHA-256",
+        sqlite=_HASH_REQUEST_IDS_SQLITE,
+        postgres=_HASH_REQUEST_IDS_POSTGRES,
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -39,9 +39,15 @@ def env_from(row: Any) -> Environment:
     )
 
 
+# A lease granted since schema 5 stores no token (secret.py). The column is NOT NULL since schema 1, which SQLite
+# cannot drop without rebuilding the table, so an empty string stands for "none": no token is ever empty.
+_NO_TOKEN = ""
+
+
 def lease_from(row: Any) -> Lease:
     values = dict(row)
-    return Lease(**{**values, "metadata": json.loads(values["metadata"])})
+    token = values["token"] or None
+    return Lease(**{**values, "token": token, "metadata": json.loads(values["metadata"])})
 
 
 def ticket_from(row: Any) -> Ticket:
@@ -74,7 +80,7 @@ def lease_values(lease: Lease) -> tuple[Any, ...]:
     return (
         lease.id,
         lease.environment,
-        lease.token,
+        lease.token if lease.token is not None else _NO_TOKEN,
         lease.holder,
         dump(lease.metadata),
         lease.fence,

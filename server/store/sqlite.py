@@ -6,6 +6,7 @@ so operations are serialised and each sees the state the previous one committed.
 An exclusive `flock` on `<file>.lock` keeps a second server process off the same file.
 Before a commit that wrote, the writer checks that the file is still the one it opened and that the high-water
 mark beside it covers the numbers handed out (sqlite_file.py); readiness follows the commits (health.py).
+The database file and the lock file are created 0600 (private.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from itertools import takewhile
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from .. import private
 from ..clock import Clock
 from ..constants import IDENTITY_CHECK_INTERVAL, MAX_BATCH, SCHEMA_VERSION
-from ..model import Environment, Event, Lease, Ticket
+from ..model import Environment, Event, Lease, Ticket, request_digest
 from .base import StoreBroken, StoreError, StoreLocked
 from .batch import GroupCommit, Job
 from .health import WriteHealth
@@ -299,7 +301,7 @@ class SQLiteStore:
         if path.parent and not path.parent.exists():
             raise StoreError(f"database folder {str(path.parent)!r} does not exist; create it or set CALL_ME_DATABASE")
         lock_path = f"{self.path}.lock"
-        lock_file = open(lock_path, "a+")  # noqa: SIM115 - held open for the life of the store
+        lock_file = open(lock_path, "a+", opener=private.opener)  # noqa: SIM115 - held open for the life of the store
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -319,8 +321,11 @@ class SQLiteStore:
             earlier = self._mark.read()
             if earlier is not None and not path.exists() and not self._allow_new_database:
                 raise StoreError(self._mark.refusal(earlier, None))
+            # 0600 before SQLite writes a byte; it gives -wal and -shm the database file's mode (private.py).
+            private.create(self.path, "database")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            conn.create_function("callme_request_digest", 1, request_digest, deterministic=True)  # migration 5
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -332,7 +337,7 @@ class SQLiteStore:
             self._mark.adopt(conn, earlier, allow_new=self._allow_new_database)
             self._identity = FileIdentity(self.path)
             self._checked_at = time.monotonic()
-        except (sqlite3.Error, StoreError) as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
