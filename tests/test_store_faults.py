@@ -296,7 +296,9 @@ def test_postgres_readiness_follows_the_writes(
             admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = {'on' if on else 'off'}")
             _terminate(admin, name)  # the setting holds for connections made after
 
-    server = ServerProcess(tmp_path, database=pg_url)
+    server = ServerProcess(
+        tmp_path, database=pg_url, env={"CALL_ME_SECRET": "a-secret-shared-by-every-replica-0123456789"}
+    )
     procs.append(server)
     server.start()
     with server.client(CLIENT_KEY) as c:
@@ -320,7 +322,9 @@ def test_postgres_readiness_follows_the_writes(
 def test_a_postgres_database_replaced_under_the_server_is_noticed(
     tmp_path: Path, postgres: PostgresServer, pg_url: str, procs: list[ServerProcess]
 ) -> None:
-    server = ServerProcess(tmp_path, database=pg_url)
+    server = ServerProcess(
+        tmp_path, database=pg_url, env={"CALL_ME_SECRET": "a-secret-shared-by-every-replica-0123456789"}
+    )
     procs.append(server)
     server.start()
     with server.client(CLIENT_KEY) as c:
