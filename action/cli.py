@@ -57,7 +57,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     release.add_argument("environment", nargs="?", metavar="ENV")
     release.add_argument("--lease", metavar="ID", help="the lease to release")
     release.add_argument("--token", metavar="TOKEN", help="its token (from `request --output env|json`)")
-    release.add_argument("--force", action="store_true", help="end someone else's lease (admin key; no token)")
+    release.add_argument(
+        "--force",
+        action="store_true",
+        help="with --lease: end that lease without its token; with ENV: the oldest lease there, whoever took it "
+        "(admin key)",
+    )
 
     run = command("run", "hold ENV (or any with --label) while CMD runs: renew, then release whatever happens")
     run.usage = f"{prog} run [options] (ENV | --label LABEL) -- CMD [ARG ...]"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import pipeline
 from .client import Client
 from .config import Settings, resolve
 from .constants import ExitCode
@@ -87,7 +88,7 @@ class Context:
             "ttl": args.ttl,
             "holder": args.holder,
             "priority": args.priority,
-            "metadata": _metadata(args.metadata, args.meta),
+            "metadata": _with_pipeline(_metadata(args.metadata, args.meta)),
             "wait": not args.no_wait,
             "timeout": args.timeout,
         }
@@ -161,8 +162,6 @@ def request(ctx: Context) -> int:
 def release(ctx: Context) -> int:
     args = ctx.args
     url = ctx.settings.url
-    if args.force and not args.lease:
-        raise UsageError("--force needs --lease ID (to free an environment by name, use `release ENV`)")
     with ctx.client() as client:
         if args.lease:
             stored = ctx.state.find_id(url, args.lease)
@@ -180,16 +179,53 @@ def release(ctx: Context) -> int:
         elif args.environment:
             name = args.environment
             stored = ctx.state.find(url, name)
-            if stored is None or not _release_quietly(client, stored.id, stored.token, name, missing_ok=True):
-                # Taken in another job or on another machine: the original's release by name.
-                client.release_oldest(name)
+            released = stored is not None and _release_quietly(client, stored.id, stored.token, name, missing_ok=True)
             if stored is not None:
                 ctx.state.remove(url, stored.id)
+            if not released and not _release_by_name(client, name, force=args.force, kept_in=ctx.state.path):
+                return ExitCode.GONE
         else:
             raise UsageError("release what? give ENV, or --lease ID --token TOKEN")
     target = f"environment: {name}" if name else f"lease: {args.lease}"
     print(f"slot has been freed for {target}")
     return ExitCode.OK
+
+
+def _release_by_name(client: Client, name: str, *, force: bool, kept_in: Path) -> bool:
+    """Nothing kept here for `name`: free what this pipeline took there in another job (or, with `--force`, the
+    oldest lease whoever took it; the server allows that to an admin key only). False, said on stderr, when
+    there is nothing of ours to free. Never the original's blind DELETE /maybe: with a key that many runners
+    share it would free another pipeline's lease while it deploys."""
+    leases = sorted(client.environment(name).leases, key=lambda lease: lease.fence)
+    mine = pipeline.identity(os.environ)
+    if force:
+        chosen = leases[:1]
+    else:
+        chosen = [lease for lease in leases if mine is not None and lease.metadata.get(pipeline.METADATA_KEY) == mine]
+    if not chosen:
+        if force:
+            print(f"nothing to release: environment {name} has no live lease", file=sys.stderr)
+        elif mine is None:
+            print(
+                f"nothing to release: no lease on {name} was taken from here (none is kept in {kept_in}); "
+                f"name it with --lease ID --token TOKEN, or free the oldest with --force (admin key)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"nothing to release: pipeline {mine} holds no lease on {name}", file=sys.stderr)
+        return False
+    lease = chosen[0]
+    try:
+        client.force_release(lease.id)  # its token stayed with the job that took it: this needs an admin key
+    except Forbidden as exc:
+        raise Forbidden(
+            exc.status,
+            f"lease {lease.id} on {name} was taken by {lease.holder if force else 'this pipeline'} in another job, "
+            "and this key may not release it without its token: release it in the job that took it, or pass "
+            f"--lease {lease.id} --token TOKEN",
+            context={"environment": name},
+        ) from None
+    return True
 
 
 def _release_quietly(client: Client, lease_id: str, token: str, name: str | None, *, missing_ok: bool = False) -> bool:
@@ -313,6 +349,14 @@ _HANDLERS: dict[str, Callable[[Context], int]] = {
     "env delete": env_delete,
     "env maintenance": env_maintenance,
 }
+
+
+def _with_pipeline(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The metadata, with this CI pipeline's identity (pipeline.py) unless the caller named one."""
+    mine = pipeline.identity(os.environ)
+    if mine is None or (metadata and pipeline.METADATA_KEY in metadata):
+        return metadata
+    return {**(metadata or {}), pipeline.METADATA_KEY: mine}
 
 
 def _metadata(raw_json: str | None, pairs: list[str] | None) -> dict[str, Any] | None:

@@ -22,9 +22,24 @@ BOUND = 15.0  # seconds any one step may take
 
 def cli_env(server: ServerProcess, state: Path, *, key: str = ADMIN_KEY) -> dict[str, str]:
     """The original client's configuration: HOST as host:port, API_KEY."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALL_ME_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALL_ME_") and k not in _PIPELINE_VARIABLES}
     env.update({"HOST": server.url.removeprefix("http://"), "API_KEY": key, "CALL_ME_STATE_FILE": str(state)})
     return env
+
+
+# What names a CI pipeline (action/pipeline.py): never inherited from the machine running the tests.
+_PIPELINE_VARIABLES = (
+    "GITHUB_ACTIONS",
+    "GITHUB_REPOSITORY",
+    "GITHUB_RUN_ID",
+    "GITLAB_CI",
+    "CI_PROJECT_PATH",
+    "CI_PIPELINE_ID",
+)
+
+
+def github_run(env: dict[str, str], run_id: str) -> dict[str, str]:
+    return {**env, "GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "shop/app", "GITHUB_RUN_ID": run_id}
 
 
 def call(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -112,9 +127,41 @@ def test_the_original_transcript(server: ServerProcess, tmp_path: Path, start: S
     assert WAITED.match(rest[1]), rest[1]
     assert [lease["holder"] for lease in live_leases(server, "uat")] == ["admin"]
 
-    # Released by name on a machine that kept no state: the original's DELETE /maybe.
+    # Released by name from a shell that took nothing there: nothing of its own to free, and it says so. (The
+    # original freed the oldest lease, whoever held it; with a shared key, another pipeline's while it deploys.)
     elsewhere = call(["release", "uat"], cli_env(server, tmp_path / "elsewhere.json"))
-    assert elsewhere.stdout == "slot has been freed for environment: uat\n"
+    assert elsewhere.returncode == 7, elsewhere.stderr
+    assert elsewhere.stdout == ""
+    assert "nothing to release: no lease on uat was taken from here" in elsewhere.stderr
+    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["admin"]
+    forced = call(["release", "uat", "--force"], cli_env(server, tmp_path / "elsewhere.json"))
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout == "slot has been freed for environment: uat\n"
+    assert live_leases(server, "uat") == []
+
+
+def test_release_by_name_frees_only_what_this_pipeline_took(server: ServerProcess, tmp_path: Path) -> None:
+    """A later job of the same run may release what an earlier job took (its token stayed on another runner);
+    another run with the same admin key never can, and a client key is told what to pass instead."""
+    run_one = github_run(cli_env(server, tmp_path / "job-1.json"), "1001")
+    got = call(["request", "uat"], run_one)
+    assert got.returncode == 0, got.stderr
+    (held,) = live_leases(server, "uat")
+    assert held["metadata"]["pipeline"] == "github:shop/app/1001"
+
+    other_run = call(["release", "uat"], github_run(cli_env(server, tmp_path / "other.json"), "2002"))
+    assert other_run.returncode == 7, other_run.stderr
+    assert "nothing to release: pipeline github:shop/app/2002 holds no lease on uat" in other_run.stderr
+    assert [lease["id"] for lease in live_leases(server, "uat")] == [held["id"]]
+
+    client_key = call(["release", "uat"], github_run(cli_env(server, tmp_path / "job-2.json", key=CLIENT_KEY), "1001"))
+    assert client_key.returncode == 6, client_key.stderr
+    assert f"--lease {held['id']} --token TOKEN" in client_key.stderr
+    assert [lease["id"] for lease in live_leases(server, "uat")] == [held["id"]]
+
+    later_job = call(["release", "uat"], github_run(cli_env(server, tmp_path / "job-3.json"), "1001"))
+    assert later_job.returncode == 0, later_job.stderr
+    assert later_job.stdout == "slot has been freed for environment: uat\n"
     assert live_leases(server, "uat") == []
 
 
