@@ -25,6 +25,7 @@ DEFAULT_HISTORY_LIMIT = 100
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - a server is meant to be reached; tests bind 127.0.0.1
+NO_AUTH_HOST = "127.0.0.1"  # with CALL_ME_NO_AUTH and no CALL_ME_HOST
 DEFAULT_DATABASE = "call-me.db"
 DEFAULT_TTL = 3600
 DEFAULT_MAX_TTL = 86400

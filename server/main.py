@@ -3,93 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable
-from types import FrameType
-
-import uvicorn
-
-from .app import create_app
-from .clock import Clock
-from .connections import ConnectionLimits, connection_cap, http_protocol, raise_file_limit
-from .errors import ConfigError
-from .logfilter import RepeatLimit
-from .secret import ServerSecret, open_secret
-from .settings import Settings, load
-from .store import for_database
-from .store.base import StoreError, redact
 
 log = logging.getLogger("callme.server")
-
-
-class _Server(uvicorn.Server):
-    """Answers every held long-poll the moment a stop signal arrives, then shuts down as uvicorn does."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: list[object]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        loop = asyncio.get_event_loop()
-        for callback in self._on_exit:
-            loop.call_soon_threadsafe(callback)  # type: ignore[arg-type]
-        super().handle_exit(sig, frame)
-
-
-async def _serve(settings: Settings, secret: ServerSecret) -> int:
-    store = for_database(
-        settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
-    )
-    try:
-        await store.open()
-    except StoreError as exc:
-        print(f"call-me-server: {exc}", file=sys.stderr)
-        return 1
-    # Closed at the application's shutdown: after a stop signal uvicorn raises the signal again once it has shut
-    # down, and the process ends there, before the `finally` below (a clean close checkpoints the WAL, releases
-    # the lock and writes the exact high-water mark).
-    app = create_app(settings, store, secret, close_store=True)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=http_protocol(_connection_limits(settings)),
-        ws="none",  # no route speaks WebSocket: one protocol fewer to bound
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-        lifespan="on",
-    )
-
-    def wake_waiters() -> None:
-        state = getattr(app.state, "parts", None)
-        if state is not None:
-            state.service.waiters.close()
-
-    server = _Server(config, [wake_waiters])
-    try:
-        await server.serve()
-    finally:
-        await store.close()  # when the application never started (closing twice is harmless)
-    return 0 if server.started else 1
-
-
-def _connection_limits(settings: Settings) -> ConnectionLimits:
-    before, open_files = raise_file_limit()
-    if open_files != before:
-        log.info("event=file_limit_raised from=%d to=%d", before, open_files)
-    cap = connection_cap(settings.max_connections, open_files)
-    if cap < settings.max_connections:
-        log.warning(
-            "CALL_ME_MAX_CONNECTIONS=%d is more than the open-file limit of %d allows: at most %d connections are "
-            "admitted; raise the hard limit (ulimit -Hn, LimitNOFILE=, --ulimit nofile=) to admit more",
-            settings.max_connections,
-            open_files,
-            cap,
-        )
-    return ConnectionLimits(max_connections=cap, read_timeout=settings.read_timeout, idle_timeout=settings.idle_timeout)
 
 
 _USAGE = """\
@@ -136,7 +53,7 @@ def _arguments(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="call-me-server", description=_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     parser.parse_args(argv)
 
 
@@ -149,8 +66,26 @@ def _version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """--version, read from the installed metadata only when asked (importlib.metadata costs a start-up)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> None:
     _arguments(sys.argv[1:] if argv is None else argv)
+    # Imported once the arguments are read: `--help` answers without loading the server.
+    import asyncio
+
+    from .errors import ConfigError
+    from .logfilter import RepeatLimit
+    from .secret import open_secret
+    from .serving import loop_factory, serve
+    from .settings import load
+    from .store.base import redact
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     repeats = RepeatLimit()
     for handler in logging.getLogger().handlers:
@@ -169,21 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_serve(settings, secret))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        code = runner.run(serve(settings, secret))
     raise SystemExit(code)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (it comes with uvicorn[standard], a dependency), as `uvicorn.run` would pick:
-    its transports and wake-ups cost about half of asyncio's own loop per request. `asyncio.run` would make
-    asyncio's loop before uvicorn is asked, so the loop is chosen here."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 if __name__ == "__main__":

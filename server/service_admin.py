@@ -18,9 +18,10 @@ class Administration:
         self.core = core
 
     async def put_environment(
-        self, principal: Principal, name: str, change: EnvironmentChange
+        self, principal: Principal, name: str, change: EnvironmentChange, *, skip_unchanged: bool = False
     ) -> tuple[Environment, bool]:
-        """Create or change an environment (no longer `auto`); True when it was created."""
+        """Create or change an environment (no longer `auto`); True when it was created. With `skip_unchanged`
+        (the config file at start-up), a declaration that changes nothing writes nothing and records no event."""
         core = self.core
 
         def fn(tx: Tx, op: Op) -> tuple[Environment, bool]:
@@ -38,9 +39,11 @@ class Administration:
                 created_at=base.created_at,
                 updated_at=op.now,
             )
-            tx.save_environment(env)
             detail = "created" if old is None else _changes(old, env)
-            core.event(op, "environment_changed", name, actor=principal.name, detail=detail)
+            if old is not None and not detail and skip_unchanged:
+                return old, False
+            tx.save_environment(env)
+            core.event(op, "environment_changed", name, actor=principal.name, detail=detail or "unchanged")
             core.settle(tx, op, [name], [*(old.labels if old else ()), *env.labels])
             return env, old is None
 
@@ -78,7 +81,7 @@ class Administration:
         """Create or update the environments of the configuration file (start-up)."""
         system = Principal(name="config", role="admin")
         for name, change in declared:
-            await self.put_environment(system, name, change)
+            await self.put_environment(system, name, change, skip_unchanged=True)
 
 
 def _changes(old: Environment, new: Environment) -> str:
@@ -88,4 +91,4 @@ def _changes(old: Environment, new: Environment) -> str:
             parts.append(f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}")
     if old.auto:
         parts.append("declared by an admin")
-    return "; ".join(parts) or "unchanged"
+    return "; ".join(parts)

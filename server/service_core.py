@@ -79,10 +79,7 @@ class Core:
         if op.granted:
             self.waiters.notify(op.granted, op.handed)
         for event in op.events:
-            log.info(
-                "event=%s environment=%s lease=%s seq=%s fence=%s holder=%r actor=%s",
-                event.kind, event.environment, event.lease, event.seq, event.fence, event.holder, event.actor,
-            )  # fmt: skip
+            log.info("%s", LogLine(event))
         if op.events:
             for listener in self.listeners:
                 listener(op.events)
@@ -221,3 +218,26 @@ def labels(ticket: Ticket) -> list[str]:
 def target_note(ticket: Ticket) -> str:
     """` (label L)` for a ticket that named a label, for event details."""
     return f" (label {ticket.label})" if ticket.label is not None else ""
+
+
+class LogLine:
+    """An event as one log line, `key=value` for what it has (no `lease=None` on a queue event); formatted only
+    if a handler writes it."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def __str__(self) -> str:
+        e = self.event
+        parts = [f"event={e.kind}"]
+        for name, value in (("environment", e.environment), ("lease", e.lease), ("seq", e.seq), ("fence", e.fence)):
+            if value is not None:
+                text = str(value)  # quoted when a name could be misread (any name is allowed: spaces, quotes)
+                parts.append(f"{name}={text!r}" if any(c.isspace() or c in "='\"" for c in text) else f"{name}={text}")
+        if e.holder is not None:
+            parts.append(f"holder={e.holder!r}")
+        if e.actor is not None:
+            parts.append(f"actor={e.actor}")
+        return " ".join(parts)

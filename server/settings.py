@@ -30,6 +30,7 @@ from .constants import (
     MAX_PRIORITY,
     MAX_RETENTION_DAYS,
     MIN_SECRET_LENGTH,
+    NO_AUTH_HOST,
     ROLES,
 )
 from .errors import ConfigError, Invalid
@@ -220,9 +221,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings; raises ConfigError naming the first bad setting."""
     env = os.environ if env is None else env
     max_ttl = _int(env, "CALL_ME_MAX_TTL", DEFAULT_MAX_TTL, 1, 10 * 365 * 86400)
+    no_auth = _bool(env, "CALL_ME_NO_AUTH", False)
     settings = Settings(
         port=_int(env, "PORT", DEFAULT_PORT, 0, 65535),
-        host=env.get("CALL_ME_HOST") or DEFAULT_HOST,
+        # Without keys anyone who reaches the port is an admin: loopback only, unless the host is set on purpose.
+        host=env.get("CALL_ME_HOST") or (NO_AUTH_HOST if no_auth else DEFAULT_HOST),
         database=env.get("CALL_ME_DATABASE") or DEFAULT_DATABASE,
         config_path=env.get("CALL_ME_CONFIG") or None,
         default_ttl=_int(env, "CALL_ME_DEFAULT_TTL", DEFAULT_TTL, 1, max_ttl),
@@ -231,7 +234,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_wait=_float(env, "CALL_ME_MAX_WAIT", DEFAULT_MAX_WAIT, 0, 3600),
         ticket_grace=_float(env, "CALL_ME_TICKET_GRACE", DEFAULT_TICKET_GRACE, 0.1, 86400),
         auto_create=_bool(env, "CALL_ME_AUTO_CREATE", True),
-        no_auth=_bool(env, "CALL_ME_NO_AUTH", False),
+        no_auth=no_auth,
         pg_listen=_bool(env, "CALL_ME_PG_LISTEN", True),
         allow_new_database=_bool(env, "CALL_ME_ALLOW_NEW_DATABASE", False),
         sse_heartbeat=_float(env, "CALL_ME_SSE_HEARTBEAT", DEFAULT_SSE_HEARTBEAT, 0.05, 3600),

@@ -1,0 +1,102 @@
+"""Serving: the store, the application and uvicorn, until a stop signal (what `call-me-server` runs once its
+arguments and settings are read; apart from main.py so that `--help` imports none of it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from .app import create_app
+from .clock import Clock
+from .connections import ConnectionLimits, connection_cap, http_protocol, raise_file_limit
+from .secret import ServerSecret
+from .settings import Settings
+from .store import for_database
+from .store.base import StoreError
+
+log = logging.getLogger("callme.server")
+
+
+class _Server(uvicorn.Server):
+    """Answers every held long-poll the moment a stop signal arrives, then shuts down as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: list[object]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = asyncio.get_event_loop()
+        for callback in self._on_exit:
+            loop.call_soon_threadsafe(callback)  # type: ignore[arg-type]
+        super().handle_exit(sig, frame)
+
+
+async def serve(settings: Settings, secret: ServerSecret) -> int:
+    store = for_database(
+        settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
+    )
+    try:
+        await store.open()
+    except StoreError as exc:
+        print(f"call-me-server: {exc}", file=sys.stderr)
+        return 1
+    # Closed at the application's shutdown: after a stop signal uvicorn raises the signal again once it has shut
+    # down, and the process ends there, before the `finally` below (a clean close checkpoints the WAL, releases
+    # the lock and writes the exact high-water mark).
+    app = create_app(settings, store, secret, close_store=True)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http_protocol(_connection_limits(settings)),
+        ws="none",  # no route speaks WebSocket: one protocol fewer to bound
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+
+    def wake_waiters() -> None:
+        state = getattr(app.state, "parts", None)
+        if state is not None:
+            state.service.waiters.close()
+
+    server = _Server(config, [wake_waiters])
+    try:
+        await server.serve()
+    finally:
+        await store.close()  # when the application never started (closing twice is harmless)
+    return 0 if server.started else 1
+
+
+def _connection_limits(settings: Settings) -> ConnectionLimits:
+    before, open_files = raise_file_limit()
+    if open_files != before:
+        log.info("event=file_limit_raised from=%d to=%d", before, open_files)
+    cap = connection_cap(settings.max_connections, open_files)
+    if cap < settings.max_connections:
+        log.warning(
+            "CALL_ME_MAX_CONNECTIONS=%d is more than the open-file limit of %d allows: at most %d connections are "
+            "admitted; raise the hard limit (ulimit -Hn, LimitNOFILE=, --ulimit nofile=) to admit more",
+            settings.max_connections,
+            open_files,
+            cap,
+        )
+    return ConnectionLimits(max_connections=cap, read_timeout=settings.read_timeout, idle_timeout=settings.idle_timeout)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (it comes with uvicorn[standard], a dependency), as `uvicorn.run` would pick:
+    its transports and wake-ups cost about half of asyncio's own loop per request. `asyncio.run` would make
+    asyncio's loop before uvicorn is asked, so the loop is chosen here."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
