@@ -17,14 +17,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pg
 from cli_cold_start import interleaved
-from loadgen import Http, HttpError, Prepare, Redis, Response, percentile, repeated, rss_kib
-from peers import API_KEY, CALLME_DURABILITY, GENERATOR_CORE, Proc, Processes, b64, pin
+from loadgen import Http, HttpError, Prepare, Redis, Response, cpu_of_all, percentile, repeated, rss_kib
+from peers import API_KEY, CALLME_DURABILITY, GENERATOR_CORE, Proc, Processes, b64, pin, wait_http
 
 HOST = "127.0.0.1"
 KEY = {"X-API-KEY": API_KEY}
@@ -49,6 +50,8 @@ class Plan:
     park_cap: float = 90.0
     healthz_samples: int = 500
     cli_runs: int = 20
+    pg_clients: int = 64
+    pg_replicas: tuple[int, ...] = (1, 3)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -70,6 +73,7 @@ class Plan:
             park_cap=15.0,
             healthz_samples=20,
             cli_runs=2,
+            pg_clients=4,
         )
 
 
@@ -120,11 +124,13 @@ class Context:
 # -- workers ----------------------------------------------------------------------------------------------
 
 
-def callme_pairs(proc: Proc, environments: list[str], workers: int) -> Prepare:
-    """Worker i acquires and releases its own environments (i, i + workers, ...) in turn."""
+def callme_pairs(proc: Proc | Sequence[Proc], environments: list[str], workers: int) -> Prepare:
+    """Worker i acquires and releases its own environments (i, i + workers, ...) in turn; with several replicas,
+    on replica i mod their number."""
+    replicas = [proc] if isinstance(proc, Proc) else list(proc)
 
     async def prepare(i: int) -> tuple[Any, Any]:
-        conn = await Http(HOST, proc.port).connect()
+        conn = await Http(HOST, replicas[i % len(replicas)].port).connect()
         mine = environments[i::workers] or [environments[i % len(environments)]]
         acquires = itertools.cycle([conn.build("POST", "/v1/leases", {"environment": e}, KEY) for e in mine])
 
@@ -808,10 +814,95 @@ async def fig_cli(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# -- figure 6: PostgreSQL, replicas beside pgbench ------------------------------------------------------------
+
+
+async def fig_pg(ctx: Context) -> dict[str, Any]:
+    """Pairs/s of 1 and 3 replicas on one durable PostgreSQL, then pgbench's equivalent script on the same
+    database (the replicas stopped), with the same clients; the cluster on core 0 beside the replicas."""
+    plan = ctx.plan
+    clients = plan.pg_clients
+    label = f"pgbench, same SQL, {clients} clients"
+    if "postgres" not in ctx.peers or (reason := pg.why_not()) is not None:
+        reason = "not installed" if "postgres" not in ctx.peers else reason
+        ctx.row("pg pairs/s", f"PostgreSQL: {reason}", None, "pairs/s", "", None)
+        return {"skipped": reason}
+    cluster = ctx.procs.postgres()
+    assert cluster.dir is not None
+    ctx.durability["postgres"] = pg.DURABILITY
+    url = cluster.create_database(empty=True)
+    database = url.rpartition("/")[2]
+    postgres_cpu = pg.cluster_cpu(cluster.dir / "data")
+    count = max(plan.environments, clients)
+    per_client = count // clients
+    names = [f"env-{i:04d}" for i in range(count)]
+    durability = "PostgreSQL store: COMMIT (WAL flushed) before every 2xx"
+    out: dict[str, Any] = {"environments": count, "clients": clients, "replicas": {}}
+    for n in plan.pg_replicas:
+        ctx.say(f"pg: {n} replica(s), {clients} clients")
+        replicas = [ctx.procs.callme(database=url, start=False, durability=durability) for _ in range(n)]
+        try:
+            for proc in replicas:
+                ctx.procs.add(proc.start())  # started at once: they migrate one after the other (an advisory lock)
+            for proc in replicas:
+                wait_http(proc, "/readyz")
+            if not out["replicas"]:
+                took = await declare(replicas[0], names, lambda i: [])
+                ctx.say(f"pg: declared {count} environments in {took:.1f} s")
+            meters = {"call-me": cpu_of_all([p.pid for p in replicas]), "postgres": postgres_cpu}
+            out["replicas"][n] = await repeated(
+                callme_pairs(replicas, names, clients), clients, plan.warmup, plan.duration, plan.reps, None, meters
+            )
+        finally:
+            for proc in replicas:
+                ctx.procs.stop(proc)
+    ctx.durability["call-me on PostgreSQL"] = durability
+
+    parts = {"host": HOST, "port": str(cluster.port), "user": "postgres", "database": database}
+    variables = {
+        "clients": str(clients),
+        "per_client": str(per_client),
+        "events_lock": str(pg.EVENTS_LOCK),
+        "channel": pg.CHANNEL,
+    }
+    bench = [*pin(GENERATOR_CORE)]
+    ctx.say(f"pg: pgbench, {clients} clients")
+    await asyncio.to_thread(
+        pg.pgbench, parts, clients, max(1, round(plan.warmup)), variables, bench, postgres_cpu
+    )  # the warm-up
+    runs = [
+        await asyncio.to_thread(
+            pg.pgbench, parts, clients, max(1, round(plan.duration)), variables, bench, postgres_cpu
+        )
+        for _ in range(plan.reps)
+    ]
+    rates = [r["rate"] for r in runs]
+    chosen = min(runs, key=lambda r: abs(r["rate"] - statistics.median(rates)))
+    out["pgbench"] = {**chosen, "rate": statistics.median(rates), "rates": [round(r, 1) for r in rates]}
+
+    peer = out["pgbench"]
+    for n, run in out["replicas"].items():
+        cpu = run["cpu"]
+        ctx.row(
+            "pg pairs/s",
+            f"{n} replica{'s' if n > 1 else ''}, {clients} clients",
+            run["rate"],
+            "pairs/s",
+            label,
+            peer["rate"],
+            target="≥ 0.7×" if n == max(plan.pg_replicas) else "",
+            note=f"p50 {run['p50_ms']:.1f} ms; CPU call-me {cpu['call-me']:.0%}, postgres {cpu['postgres']:.0%}, "
+            f"gen {run['generator_cpu']:.0%}; pgbench: {peer['latency_avg_ms']:.1f} ms avg, "
+            f"postgres {peer['postgres_cpu']:.0%}, pgbench {peer['generator_cpu']:.0%}",
+        )
+    return out
+
+
 FIGURES = {
     "pairs": fig_pairs,
     "handoff": fig_handoff,
     "scale": fig_scale,
     "parked": fig_parked,
     "cli": fig_cli,
+    "pg": fig_pg,
 }

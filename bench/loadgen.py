@@ -15,7 +15,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,15 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[index]
 
 
+# Cumulative CPU seconds of something measured (several processes, a process tree), read before and after a window.
+CpuMeter = Callable[[], float]
+
+
+def cpu_of_all(pids: Sequence[int]) -> CpuMeter:
+    """The CPU seconds used so far by all of `pids` (three replicas, say)."""
+    return lambda: sum(cpu_of(pid) for pid in pids)
+
+
 @dataclass
 class Window:
     """One closed-loop measurement: `ops` operations completed in `seconds`."""
@@ -200,6 +209,7 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     generator_cpu: float = 0.0  # share of one core the generator used in the window
     peer_cpu: float = 0.0  # share of one core the measured process used in the window
+    cpu: dict[str, float] = field(default_factory=dict)  # share of one core of each of the `meters`
 
     @property
     def rate(self) -> float:
@@ -211,8 +221,16 @@ Op = Callable[[], Awaitable[None]]
 Prepare = Callable[[int], Awaitable[tuple[Op, Callable[[], None]]]]
 
 
-async def closed_loop(prepare: Prepare, workers: int, warmup: float, duration: float, pid: int | None) -> Window:
+async def closed_loop(
+    prepare: Prepare,
+    workers: int,
+    warmup: float,
+    duration: float,
+    pid: int | None,
+    meters: Mapping[str, CpuMeter] | None = None,
+) -> Window:
     """`workers` tasks doing operations back to back; counts only what completes inside the measured window."""
+    meters = meters or {}
     ops = await asyncio.gather(*(prepare(i) for i in range(workers)))
     state = {"measuring": False, "stop": False}
     count = [0]
@@ -230,6 +248,7 @@ async def closed_loop(prepare: Prepare, workers: int, warmup: float, duration: f
     try:
         await _sleep_or_fail(tasks, warmup)
         peer_before = cpu_of(pid) if pid else 0.0
+        meters_before = {name: meter() for name, meter in meters.items()}
         cpu_before, started = cpu_self(), time.perf_counter()
         state["measuring"] = True
         await _sleep_or_fail(tasks, duration)
@@ -237,6 +256,7 @@ async def closed_loop(prepare: Prepare, workers: int, warmup: float, duration: f
         elapsed = time.perf_counter() - started
         generator = (cpu_self() - cpu_before) / elapsed
         peer = (cpu_of(pid) - peer_before) / elapsed if pid else 0.0
+        shares = {name: (meter() - meters_before[name]) / elapsed for name, meter in meters.items()}
         state["stop"] = True
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
     finally:
@@ -244,7 +264,7 @@ async def closed_loop(prepare: Prepare, workers: int, warmup: float, duration: f
             task.cancel()
         for _, close in ops:
             close()
-    return Window(count[0], elapsed, latencies, generator, peer)
+    return Window(count[0], elapsed, latencies, generator, peer, shares)
 
 
 async def _sleep_or_fail(tasks: list[asyncio.Task[None]], seconds: float) -> None:
@@ -253,9 +273,17 @@ async def _sleep_or_fail(tasks: list[asyncio.Task[None]], seconds: float) -> Non
         task.result()  # a worker that failed stops the measurement with its error
 
 
-async def repeated(prepare: Prepare, workers: int, warmup: float, duration: float, reps: int, pid: int | None) -> dict:
-    """`reps` closed-loop windows; the median rate and the window that had it."""
-    windows = [await closed_loop(prepare, workers, warmup, duration, pid) for _ in range(reps)]
+async def repeated(
+    prepare: Prepare,
+    workers: int,
+    warmup: float,
+    duration: float,
+    reps: int,
+    pid: int | None,
+    meters: Mapping[str, CpuMeter] | None = None,
+) -> dict:
+    """`reps` closed-loop windows; the median rate and the window that had it (CPU shares: medians)."""
+    windows = [await closed_loop(prepare, workers, warmup, duration, pid, meters) for _ in range(reps)]
     rates = [w.rate for w in windows]
     median = statistics.median(rates)
     chosen = min(windows, key=lambda w: abs(w.rate - median))
@@ -266,5 +294,6 @@ async def repeated(prepare: Prepare, workers: int, warmup: float, duration: floa
         "p99_ms": percentile(chosen.latencies, 99) * 1000,
         "generator_cpu": round(statistics.median(w.generator_cpu for w in windows), 3),
         "peer_cpu": round(statistics.median(w.peer_cpu for w in windows), 3),
+        "cpu": {name: round(statistics.median(w.cpu[name] for w in windows), 3) for name in meters or {}},
         "ops": sum(w.ops for w in windows),
     }

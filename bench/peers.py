@@ -23,9 +23,19 @@ from pathlib import Path
 
 import httpx
 
-# Debian package -> the binary it brings.
-PACKAGES = {"etcd-server": "etcd", "etcd-client": "etcdctl", "redis-server": "redis-server", "wrk": "wrk"}
-PEER_BINARIES = {"etcd": ["etcd"], "redis": ["redis-server"], "wrk": ["wrk"]}
+from tests.pgserver import BIN as PG_BIN
+from tests.pgserver import PostgresServer
+
+# Debian package -> the binary it brings (PostgreSQL's are not on PATH: found where the tests find them).
+PACKAGES = {
+    "etcd-server": "etcd",
+    "etcd-client": "etcdctl",
+    "redis-server": "redis-server",
+    "wrk": "wrk",
+    "postgresql-15": str(PG_BIN / "pgbench"),
+}
+# The peer whose rows a missing package skips.
+PEERS = {"etcd-server": "etcd", "redis-server": "redis", "wrk": "wrk", "postgresql-15": "postgres"}
 API_KEY = "bench-admin-key"
 NOFILE = 65536
 SERVER_CORE = 0
@@ -53,7 +63,7 @@ def ensure_installed(log: list[str]) -> list[str]:
         if done.returncode != 0:
             log.append(f"apt-get install {' '.join(missing)} failed: {done.stderr.strip()[-300:]}")
     # The Debian packages start their services where an init system runs; the bench starts its own.
-    for service in ("redis-server", "etcd"):
+    for service in ("redis-server", "etcd", "postgresql"):
         if shutil.which("systemctl"):
             subprocess.run(["systemctl", "stop", service], capture_output=True, timeout=30)
     return missing_packages()
@@ -153,6 +163,7 @@ class Processes:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="callme-bench-"))
         self.procs: list[Proc] = []
+        self.clusters: list[PostgresServer] = []
 
     def folder(self, name: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
@@ -175,11 +186,21 @@ class Processes:
             except Exception as exc:  # keep stopping the others
                 print(f"bench: stopping {proc.name}: {exc}", file=sys.stderr)
         self.procs.clear()
+        for cluster in self.clusters:
+            cluster.cleanup()  # stops it (fast shutdown) and removes its folder
+        self.clusters.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- call-me -------------------------------------------------------------------------------------
 
-    def callme(self, *, database: Path | None = None, env: dict[str, str] | None = None, start: bool = True) -> Proc:
+    def callme(
+        self,
+        *,
+        database: Path | str | None = None,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+        durability: str = CALLME_DURABILITY,
+    ) -> Proc:
         workdir = self.folder("callme")
         port = free_port()
         server = Path(sys.executable).parent / "call-me-server"
@@ -202,13 +223,22 @@ class Processes:
             full_env,
             workdir,
             port,
-            CALLME_DURABILITY,
+            durability,
         )
         proc.extra["database"] = full_env["CALL_ME_DATABASE"]
         if start:
             self.add(proc.start())
             wait_http(proc, "/readyz")
         return proc
+
+    # -- PostgreSQL ----------------------------------------------------------------------------------
+
+    def postgres(self) -> PostgresServer:
+        """A durable throwaway PostgreSQL cluster on core 0 (tests/pgserver.py), removed by `close()`."""
+        cluster = PostgresServer(durable=True, launcher=pin(SERVER_CORE), external=False)
+        self.clusters.append(cluster)
+        cluster.start()
+        return cluster
 
     # -- etcd ----------------------------------------------------------------------------------------
 

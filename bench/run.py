@@ -1,14 +1,15 @@
 """Measure call-me beside its peers in one run, and print one table of ratios (with the absolute numbers).
 
-    python bench/run.py            the full run (about 10 minutes on 2 cores; installs etcd, Redis, wrk if missing)
+    python bench/run.py            the full run (about 11 minutes on 2 cores; installs missing peers)
     python bench/run.py --quick    a smoke of every code path with tiny counts (seconds)
     python bench/run.py --only pairs
 
 Figures: pairs (durable acquire+release pairs/s vs GET /healthz, etcd, Redis), handoff (p50/p99 vs etcd),
 scale (pair p50 at 2,000 environments, beside parked waiters, with 1M history events, vs 4 environments),
-parked (10,000 long-polls: memory, /healthz p99, park time, SIGTERM), cli (call-me vs python -c pass).
-Servers run on core 0, this process (the load generator) and wrk on core 1; everything on 127.0.0.1, in temp
-folders, stopped at the end, also on Ctrl-C. The method is in bench/README.md.
+parked (10,000 long-polls: memory, /healthz p99, park time, SIGTERM), cli (call-me vs python -c pass),
+pg (pairs/s on PostgreSQL with 1 and 3 replicas vs pgbench running the same transactions on the same database).
+Servers (PostgreSQL too) run on core 0, this process (the load generator), wrk and pgbench on core 1; everything
+on 127.0.0.1, in temp folders, stopped at the end, also on Ctrl-C. The method is in bench/README.md.
 """
 
 from __future__ import annotations
@@ -38,9 +39,19 @@ except ImportError:
     raise
 
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # tests.pgserver: figure pg starts its PostgreSQL as the tests do
 
 from figures import FIGURES, Context, Plan  # noqa: E402
-from peers import Processes, ensure_installed, missing_packages, pin_self, pinning_available, raise_nofile  # noqa: E402
+from peers import (  # noqa: E402
+    PEERS,
+    PG_BIN,
+    Processes,
+    ensure_installed,
+    missing_packages,
+    pin_self,
+    pinning_available,
+    raise_nofile,
+)
 
 RESULTS = HERE / "results" / "last.json"
 
@@ -91,7 +102,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for name, command in (("etcd", ["etcd", "--version"]), ("redis", ["redis-server", "--version"])):
+    for name, command in (
+        ("etcd", ["etcd", "--version"]),
+        ("redis", ["redis-server", "--version"]),
+        ("postgres", [str(PG_BIN / "postgres"), "--version"]),
+    ):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=10)
             found[name] = done.stdout.splitlines()[0].strip() if done.stdout else "?"
@@ -165,16 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_packages() if args.no_install else ensure_installed(log)
     for line in log:
         print(f"bench: {line}", file=sys.stderr)
-    peers = {"etcd", "redis", "wrk"}
-    if "etcd-server" in missing:
-        peers.discard("etcd")
-    if "redis-server" in missing:
-        peers.discard("redis")
-    if "wrk" in missing:
-        peers.discard("wrk")
-    for peer in ("etcd", "redis", "wrk"):
-        if peer not in peers:
-            print(f"bench: {peer} is not installed: its rows are skipped", file=sys.stderr)
+    every_peer = set(PEERS.values())
+    peers = every_peer - {PEERS[package] for package in missing if package in PEERS}
+    for peer in sorted(every_peer - peers):
+        print(f"bench: {peer} is not installed: its rows are skipped", file=sys.stderr)
 
     procs = Processes()
     ctx = Context(plan, procs, peers, cli_venvs=[venv.resolve() for venv in args.cli_venv])
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "generator_loop": LOOP,
             **versions(),
         },
-        "peers_skipped": sorted({"etcd", "redis", "wrk"} - peers),
+        "peers_skipped": sorted(every_peer - peers),
         "figures": {},
     }
     try:

@@ -2,6 +2,7 @@
 
 initdb and pg_ctl refuse to run as root, so as root they run as the `postgres` user (runuser) in a folder
 given to it. `CALL_ME_TEST_POSTGRES=postgresql://...` uses that server instead (it must allow CREATE DATABASE).
+Tests run it without fsync (nothing they check needs a power cut survived); `bench/` starts it `durable`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -22,9 +24,9 @@ from .serverproc import free_port
 BIN = Path(os.environ.get("CALL_ME_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def available() -> str | None:
-    """None when a throwaway server can be started here, else why not."""
-    if os.environ.get("CALL_ME_TEST_POSTGRES"):
+def available(*, external: bool = True) -> str | None:
+    """None when a throwaway server can be started here (or CALL_ME_TEST_POSTGRES names one), else why not."""
+    if external and os.environ.get("CALL_ME_TEST_POSTGRES"):
         return None
     if not (BIN / "initdb").exists():
         return f"no PostgreSQL binaries in {BIN} (install postgresql-15, or set CALL_ME_TEST_POSTGRES)"
@@ -36,8 +38,13 @@ def available() -> str | None:
 class PostgresServer:
     """A cluster of its own (`start`, `stop`, `restart`), or the external one of CALL_ME_TEST_POSTGRES."""
 
-    def __init__(self) -> None:
-        self.external = os.environ.get("CALL_ME_TEST_POSTGRES") or None
+    def __init__(self, *, durable: bool = False, launcher: Sequence[str] = (), external: bool = True) -> None:
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous_commit, full_page_writes on) instead of
+        none of them; `launcher`: a prefix for the command that starts the server (`taskset -c 0`), which its
+        processes inherit; `external=False` ignores CALL_ME_TEST_POSTGRES."""
+        self.external = (os.environ.get("CALL_ME_TEST_POSTGRES") or None) if external else None
+        self.durable = durable
+        self.launcher = list(launcher)
         self.dir: Path | None = None
         self.port = 0
         self.admin_url = self.external or ""
@@ -57,21 +64,23 @@ class PostgresServer:
                 shutil.chown(self.dir, "postgres", "postgres")
             self.port = free_port()
             initdb = [str(BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres"]
-            subprocess.run(
-                self._as_owner(*initdb, "--no-sync", "-E", "UTF8", "--locale=C"), check=True, capture_output=True
-            )
+            if not self.durable:
+                initdb.append("--no-sync")
+            subprocess.run(self._as_owner(*initdb, "-E", "UTF8", "--locale=C"), check=True, capture_output=True)
             with (self.dir / "data" / "postgresql.conf").open("a") as conf:
                 conf.write(
                     f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n"
+                    "max_connections = 300\n"
                 )
+                if not self.durable:
+                    conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
             self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._pg_ctl("start", "-w", "-t", "30", "-l", str(self.dir / "log"))
+        self._pg_ctl("start", "-w", "-t", "30", "-l", str(self.dir / "log"), launcher=self.launcher)
 
-    def _pg_ctl(self, *args: str) -> None:
+    def _pg_ctl(self, *args: str, launcher: Sequence[str] = ()) -> None:
         assert self.dir is not None
         subprocess.run(
-            self._as_owner(str(BIN / "pg_ctl"), "-D", str(self.dir / "data"), *args),
+            [*launcher, *self._as_owner(str(BIN / "pg_ctl"), "-D", str(self.dir / "data"), *args)],
             check=True,
             capture_output=True,
             timeout=60,
