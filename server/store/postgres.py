@@ -160,6 +160,12 @@ def _reason(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _locked_env(env: Environment | None) -> Environment:
+    """An environment of a group this transaction holds locked: only this transaction could have removed it."""
+    assert env is not None
+    return env
+
+
 def _lease_state(lease: Lease) -> tuple[Any, ...]:
     return (lease.expires_at, lease.touched_at, lease.ttl, lease.state, lease.ended_at, lease.collect_by)
 
@@ -202,6 +208,7 @@ class PostgresTx:
         self._conn = conn
         self._now = now
         self._locked: set[str] = set()
+        self._groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # group() -> names, while locked
         # What this transaction last read or wrote of each row it may write back (for compare-and-set).
         self._envs: dict[str, Environment | None] = {}
         self._leases: dict[str, tuple[Any, ...]] = {}
@@ -242,18 +249,29 @@ class PostgresTx:
         return self._seen_env(env_from(row))
 
     def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
-        params = {"names": list(names), "labels": list(labels)}
+        params = {"names": sorted(set(names)), "labels": sorted(set(labels))}
+        key = (tuple(params["names"]), tuple(params["labels"]))
+        if key in self._groups:
+            # Walked and locked by this transaction already: while its rows stay locked nothing joins or leaves
+            # the group (a change of labels locks the groups it touches first), and this transaction's own
+            # changes of environments forget the groups kept (save_environment, delete_environment).
+            return [self._seen_env(_locked_env(self._envs.get(name))) for name in self._groups[key]]
         for _ in range(_GROUP_ROUNDS):
-            rows = self._all(self._GROUP, params)
-            found = [r["name"] for r in rows]
+            envs = [env_from(r) for r in self._all(self._GROUP, params)]
+            found = [env.name for env in envs]
             # Stable when every environment found was locked before this walk began: their labels cannot have
             # changed since (a change of labels locks the environment first), and an environment gaining a
             # label of the group locks the group before it writes (save_environment). Otherwise labels may
-            # have changed while we waited for a lock: walk again from what is committed now.
-            stable = self._locked.issuperset(found)
+            # have changed while we waited for a lock: walk again from what is committed now. Also stable at
+            # once when no label is asked for and the named environments, all found and read as locked, carry
+            # none: the group is then those environments alone, and it stays so while they are locked.
+            stable = self._locked.issuperset(found) or (
+                not params["labels"] and set(found) == set(params["names"]) and not any(env.labels for env in envs)
+            )
             self._locked.update(found)
             if stable:
-                return [self._seen_env(env_from(r)) for r in rows]
+                self._groups[key] = found
+                return [self._seen_env(env) for env in envs]
         raise _Conflict("the group of environments kept changing while it was being locked")
 
     def save_environment(self, env: Environment) -> None:
@@ -304,11 +322,13 @@ class PostgresTx:
                 (labels, env.name),
             )
         self._envs[env.name] = env
+        self._groups.clear()
 
     def delete_environment(self, name: str) -> None:
         self._conn.execute("DELETE FROM environments WHERE name = %s", (name,))
         self._conn.execute("DELETE FROM environment_labels WHERE environment = %s", (name,))
         self._envs[name] = None
+        self._groups.clear()
 
     def touch_environment(self, name: str, at: float) -> None:
         self._conn.execute("UPDATE environments SET last_used_at = %s WHERE name = %s AND auto", (at, name))
