@@ -179,10 +179,9 @@ class PostgresTx:
     # alternately the labels of the environments reached and the environments carrying the labels reached,
     # until nothing new is reached (UNION drops what was reached before). Its environment rows are locked FOR
     # UPDATE in name order (ORDER BY under FOR UPDATE) and read as they are once locked.
-    _GROUP = f"""
+    _GROUP_WALK = """
         WITH RECURSIVE node(kind, name) AS (
-            SELECT 'e'::text, name FROM environments WHERE name = ANY(%(names)s::text[])
-            UNION SELECT 'l'::text, label FROM unnest(%(labels)s::text[]) AS label
+            {start}
             UNION SELECT step.kind, step.name FROM node, LATERAL (
                 SELECT 'l'::text, l.label FROM environment_labels AS l
                 WHERE node.kind = 'e' AND l.environment = node.name
@@ -191,9 +190,20 @@ class PostgresTx:
                 WHERE node.kind = 'l' AND l.label = node.name
             ) AS step (kind, name)
         )
-        SELECT {ENV_COLUMNS} FROM environments WHERE name = ANY(ARRAY(SELECT name FROM node WHERE kind = 'e'))
+        SELECT {columns} FROM environments WHERE name = ANY(ARRAY(SELECT name FROM node WHERE kind = 'e'))
         ORDER BY name FOR UPDATE OF environments
     """
+    _GROUP = _GROUP_WALK.format(
+        start="SELECT 'e'::text, name FROM environments WHERE name = ANY(%(names)s::text[]) "
+        "UNION SELECT 'l'::text, label FROM unnest(%(labels)s::text[]) AS label",
+        columns=ENV_COLUMNS,
+    )
+    # The same from one environment (most operations): PostgreSQL re-plans a prepared statement at every run
+    # while its generic plan looks dearer than one made for the values, which it does with `= ANY(array)`, an
+    # array of unknown size; with `= %s` the generic plan is as cheap, so it is planned once per connection.
+    _GROUP_OF_ONE = _GROUP_WALK.format(
+        start="SELECT 'e'::text, name FROM environments WHERE name = %(name)s", columns=ENV_COLUMNS
+    )
     # Two lookups, each through its partial index on the waiting tickets, rather than one OR that reads them
     # all; the second leaves out what the first found.
     _WAITING = f"""
@@ -256,8 +266,12 @@ class PostgresTx:
             # the group (a change of labels locks the groups it touches first), and this transaction's own
             # changes of environments forget the groups kept (save_environment, delete_environment).
             return [self._seen_env(_locked_env(self._envs.get(name))) for name in self._groups[key]]
+        values: Mapping[str, object] = params
+        sql = self._GROUP
+        if len(params["names"]) == 1 and not params["labels"]:
+            sql, values = self._GROUP_OF_ONE, {"name": params["names"][0]}
         for _ in range(_GROUP_ROUNDS):
-            envs = [env_from(r) for r in self._all(self._GROUP, params)]
+            envs = [env_from(r) for r in self._all(sql, values)]
             found = [env.name for env in envs]
             # Stable when every environment found was locked before this walk began: their labels cannot have
             # changed since (a change of labels locks the environment first), and an environment gaining a
@@ -345,10 +359,12 @@ class PostgresTx:
         return self._seen_lease(lease_from(row)) if row else None
 
     def live_leases(self, environments: Sequence[str]) -> list[Lease]:
+        # `= %s` for one environment (most operations): planned once per connection, as _GROUP_OF_ONE.
+        where, value = ("= %s", environments[0]) if len(environments) == 1 else ("= ANY(%s)", list(environments))
         rows = self._all(
-            f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment = ANY(%s) "
+            f"SELECT {LEASE_COLUMNS} FROM leases WHERE state = 'active' AND environment {where} "
             "ORDER BY acquired_at, fence",
-            (list(environments),),
+            (value,),
         )
         return [self._seen_lease(lease_from(r)) for r in rows]
 
