@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -942,6 +943,30 @@ def test_a_commit_on_one_replica_reaches_the_others(pg_url: str) -> None:
 
 def _raise() -> None:
     raise Boom
+
+
+def test_the_events_reach_the_other_replicas_as_stored_even_when_they_do_not_fit_a_notify(pg_url: str) -> None:
+    a, b = Opened("postgres", lambda: PostgresStore(pg_url)), Opened("postgres", lambda: PostgresStore(pg_url))
+    try:
+        heard: list[Event] = []
+        b.store.subscribe(lambda tickets, events: heard.extend(events))
+        time.sleep(0.3)  # b's LISTEN connection is up
+        written = [
+            Event(at=1.5, kind="released", environment="a", lease="l_1", seq=3, fence=7, holder="h", actor="k"),
+            # Too long for a NOTIFY's payload (under 8000 bytes): b reads it back.
+            Event(at=2.0, kind="revoked", environment="a", detail="x" * 7500),
+            Event(at=2.5, kind="environment_changed", environment=None, detail='é and " quotes'),
+        ]
+        a.tx(lambda tx: [tx.add_event(event) for event in written])
+        deadline = time.monotonic() + 5
+        while len(heard) < len(written) and time.monotonic() < deadline:
+            b.run(asyncio.sleep(0.02))
+        stored = a.tx(lambda tx: tx.events_after(0, 100))
+        assert [replace(e, id=None) for e in stored] == written
+        assert heard == stored
+    finally:
+        a.close()
+        b.close()
 
 
 def test_lost_connections_are_replaced(pg_url: str, postgres: PostgresServer) -> None:

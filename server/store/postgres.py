@@ -31,7 +31,8 @@ grant on an environment draws a later `nextval`: fences strictly increase per en
 row that would serialise every grant of every replica.
 
 Wake-ups across replicas: the transaction NOTIFYs (delivered only if it commits) the tickets it granted and
-the events it recorded; each replica LISTENs on a connection of its own thread, reconnecting when it is lost,
+the events it recorded (their ids, and the events themselves as far as the payload has room; the others are
+read back by id); each replica LISTENs on a connection of its own thread, reconnecting when it is lost,
 and hands them to the service on the event loop. They are hints: a parked long-poll also looks again every
 `PG_RECHECK` s. With `listen=False` (PgBouncer transaction pooling breaks LISTEN and server-side prepared
 statements) there is no LISTEN, no NOTIFY, no prepared statement, and waiters look again every
@@ -59,6 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from itertools import takewhile
 from typing import Any, TypeVar
 
@@ -112,6 +114,8 @@ _MIGRATION_LOCK = 0x63616C6C6D65  # pg_advisory_xact_lock key ("callme"): one re
 _EVENTS_LOCK = 0x63616C6C6D66
 _GROUP_ROUNDS = 20
 _NOTIFY_CHUNK = 100  # ids per NOTIFY: well under PostgreSQL's 8000-byte payload limit
+_NOTIFY_BYTES = 7000  # what a NOTIFY's payload may reach with the events it carries (PostgreSQL: < 8000)
+_EVENT_FIELDS = [name.strip() for name in EVENT_COLUMNS.split(",")]
 _UNSEEN = object()
 
 _BEGIN = (
@@ -224,7 +228,7 @@ class PostgresTx:
         self._leases: dict[str, tuple[Any, ...]] = {}
         self._tickets: dict[str, tuple[Any, ...]] = {}
         self.granted: list[str] = []
-        self.event_ids: list[int] = []
+        self.recorded: list[Event] = []  # the events added, with their ids
 
     def now(self) -> float:
         return self._now
@@ -451,14 +455,14 @@ class PostgresTx:
         return self._next("ticket_seq")
 
     def add_event(self, event: Event) -> int:
-        if not self.event_ids:
+        if not self.recorded:
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
         row = self._one(
             f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             event_values(event),
         )
         assert row is not None
-        self.event_ids.append(int(row["id"]))
+        self.recorded.append(replace(event, id=int(row["id"])))
         return int(row["id"])
 
     def events(self, environment: str | None, limit: int) -> list[Event]:
@@ -523,13 +527,22 @@ class PostgresTx:
         return str(row["value"]) if row else None
 
     def publish(self, origin: str) -> None:
-        """NOTIFY the other replicas of what this transaction granted and recorded (sent only on commit)."""
-        for i in range(0, max(len(self.granted), len(self.event_ids)), _NOTIFY_CHUNK):
-            payload = {
-                "o": origin,
-                "t": self.granted[i : i + _NOTIFY_CHUNK],
-                "e": self.event_ids[i : i + _NOTIFY_CHUNK],
-            }
+        """NOTIFY the other replicas of what this transaction granted and recorded (sent only on commit): the
+        tickets granted, the ids of the events and, as far as the payload has room, the events themselves
+        (`v`), so that the other replicas need not read them back, one query each per wake-up."""
+        for i in range(0, max(len(self.granted), len(self.recorded)), _NOTIFY_CHUNK):
+            events = self.recorded[i : i + _NOTIFY_CHUNK]
+            payload: dict[str, Any] = {"o": origin, "t": self.granted[i : i + _NOTIFY_CHUNK], "e": [], "v": []}
+            size = len(dump(payload))
+            for event in events:
+                payload["e"].append(event.id)
+                size += len(str(event.id)) + 1
+            for event in events:
+                values = dump([getattr(event, name) for name in _EVENT_FIELDS])
+                if size + len(values) + 1 > _NOTIFY_BYTES:
+                    break  # the rest are read back by id
+                payload["v"].append(json.loads(values))
+                size += len(values) + 1
             self._conn.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, dump(payload)))
 
 
@@ -793,6 +806,7 @@ class PostgresStore:
     def _deliver(self, conn: Connection, payloads: Sequence[str]) -> None:
         tickets: list[str] = []
         event_ids: list[int] = []
+        carried: dict[int, Event] = {}
         for payload in payloads:
             try:
                 data = json.loads(payload)
@@ -802,13 +816,19 @@ class PostgresStore:
                 continue  # this replica's own commit: it woke its waiters itself
             tickets.extend(str(t) for t in data.get("t", ()))
             event_ids.extend(int(e) for e in data.get("e", ()))
+            for values in data.get("v", ()):
+                with contextlib.suppress(TypeError, ValueError):  # not as written by publish: read back by id
+                    event = event_from(dict(zip(_EVENT_FIELDS, values, strict=True)))
+                    carried[int(event.id or 0)] = event
         if tickets:
             self._call_hooks(tickets, [])
         if event_ids:
-            rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s) ORDER BY id", (event_ids,)
-            ).fetchall()
-            self._call_hooks([], [event_from(r) for r in rows])
+            events = [carried[i] for i in event_ids if i in carried]
+            missing = [i for i in event_ids if i not in carried]
+            if missing:
+                rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s)", (missing,)).fetchall()
+                events += [event_from(r) for r in rows]
+            self._call_hooks([], sorted(events, key=lambda e: e.id or 0))
 
     def _call_hooks(self, tickets: Sequence[str], events: Sequence[Event]) -> None:
         loop = self._loop
