@@ -24,7 +24,20 @@ from typing import Any
 
 import pg
 from cli_cold_start import interleaved
-from loadgen import Http, HttpError, Prepare, Redis, Response, cpu_of_all, percentile, repeated, rss_kib
+from loadgen import (
+    Http,
+    HttpError,
+    Prepare,
+    Redis,
+    Response,
+    Window,
+    closed_loop,
+    cpu_of_all,
+    percentile,
+    repeated,
+    rss_kib,
+    summary,
+)
 from peers import API_KEY, CALLME_DURABILITY, GENERATOR_CORE, Proc, Processes, b64, pin, wait_http
 
 HOST = "127.0.0.1"
@@ -818,8 +831,9 @@ async def fig_cli(ctx: Context) -> dict[str, Any]:
 
 
 async def fig_pg(ctx: Context) -> dict[str, Any]:
-    """Pairs/s of 1 and 3 replicas on one durable PostgreSQL, then pgbench's equivalent script on the same
-    database (the replicas stopped), with the same clients; the cluster on core 0 beside the replicas."""
+    """Pairs/s of 1 and 3 replicas on one durable PostgreSQL and pgbench's equivalent script on the same
+    database (the replicas stopped), with the same clients; the cluster on core 0 beside the replicas. The three
+    are interleaved, one window each per repetition, so that a change of the machine's load meets them alike."""
     plan = ctx.plan
     clients = plan.pg_clients
     label = f"pgbench, same SQL, {clients} clients"
@@ -831,58 +845,60 @@ async def fig_pg(ctx: Context) -> dict[str, Any]:
     assert cluster.dir is not None
     ctx.durability["postgres"] = pg.DURABILITY
     url = cluster.create_database(empty=True)
-    database = url.rpartition("/")[2]
     postgres_cpu = pg.cluster_cpu(cluster.dir / "data")
     count = max(plan.environments, clients)
-    per_client = count // clients
     names = [f"env-{i:04d}" for i in range(count)]
     durability = "PostgreSQL store: COMMIT (WAL flushed) before every 2xx"
-    out: dict[str, Any] = {"environments": count, "clients": clients, "replicas": {}}
-    for n in plan.pg_replicas:
-        ctx.say(f"pg: {n} replica(s), {clients} clients")
-        replicas = [ctx.procs.callme(database=url, start=False, durability=durability) for _ in range(n)]
-        try:
-            for proc in replicas:
-                ctx.procs.add(proc.start())  # started at once: they migrate one after the other (an advisory lock)
-            for proc in replicas:
-                wait_http(proc, "/readyz")
-            if not out["replicas"]:
-                took = await declare(replicas[0], names, lambda i: [])
-                ctx.say(f"pg: declared {count} environments in {took:.1f} s")
-            meters = {"call-me": cpu_of_all([p.pid for p in replicas]), "postgres": postgres_cpu}
-            out["replicas"][n] = await repeated(
-                callme_pairs(replicas, names, clients), clients, plan.warmup, plan.duration, plan.reps, None, meters
-            )
-        finally:
-            for proc in replicas:
-                ctx.procs.stop(proc)
     ctx.durability["call-me on PostgreSQL"] = durability
-
-    parts = {"host": HOST, "port": str(cluster.port), "user": "postgres", "database": database}
+    parts = {"host": HOST, "port": str(cluster.port), "user": "postgres", "database": url.rpartition("/")[2]}
     variables = {
         "clients": str(clients),
-        "per_client": str(per_client),
+        "per_client": str(count // clients),
         "events_lock": str(pg.EVENTS_LOCK),
         "channel": pg.CHANNEL,
     }
-    bench = [*pin(GENERATOR_CORE)]
-    ctx.say(f"pg: pgbench, {clients} clients")
-    await asyncio.to_thread(
-        pg.pgbench, parts, clients, max(1, round(plan.warmup)), variables, bench, postgres_cpu
-    )  # the warm-up
-    runs = [
-        await asyncio.to_thread(
-            pg.pgbench, parts, clients, max(1, round(plan.duration)), variables, bench, postgres_cpu
-        )
-        for _ in range(plan.reps)
-    ]
+    declared = False
+    windows: dict[int, list[Window]] = {n: [] for n in plan.pg_replicas}
+    runs: list[dict[str, Any]] = []
+    for rep in range(plan.reps):
+        for n in plan.pg_replicas:
+            ctx.say(f"pg: repetition {rep + 1}, {n} replica(s), {clients} clients")
+            replicas = [ctx.procs.callme(database=url, start=False, durability=durability) for _ in range(n)]
+            try:
+                for proc in replicas:
+                    ctx.procs.add(proc.start())  # at once: they migrate one after the other (an advisory lock)
+                for proc in replicas:
+                    wait_http(proc, "/readyz")
+                if not declared:
+                    took = await declare(replicas[0], names, lambda i: [])
+                    ctx.say(f"pg: declared {count} environments in {took:.1f} s")
+                    declared = True
+                meters = {"call-me": cpu_of_all([p.pid for p in replicas]), "postgres": postgres_cpu}
+                windows[n].append(
+                    await closed_loop(
+                        callme_pairs(replicas, names, clients), clients, plan.warmup, plan.duration, None, meters
+                    )
+                )
+            finally:
+                for proc in replicas:
+                    ctx.procs.stop(proc)
+        ctx.say(f"pg: repetition {rep + 1}, pgbench, {clients} clients")
+        bench = [*pin(GENERATOR_CORE)]
+        warmup, duration = max(1, round(plan.warmup)), max(1, round(plan.duration))
+        await asyncio.to_thread(pg.pgbench, parts, clients, warmup, variables, bench, postgres_cpu)
+        runs.append(await asyncio.to_thread(pg.pgbench, parts, clients, duration, variables, bench, postgres_cpu))
+    out: dict[str, Any] = {"environments": count, "clients": clients}
+    out["replicas"] = {n: summary(w) for n, w in windows.items()}
     rates = [r["rate"] for r in runs]
     chosen = min(runs, key=lambda r: abs(r["rate"] - statistics.median(rates)))
     out["pgbench"] = {**chosen, "rate": statistics.median(rates), "rates": [round(r, 1) for r in rates]}
+    # Each repetition's own ratio: its windows ran side by side, so their spread shows the machine's noise.
+    out["ratios"] = {n: [round(w.rate / r, 3) for w, r in zip(ws, rates, strict=True)] for n, ws in windows.items()}
 
     peer = out["pgbench"]
     for n, run in out["replicas"].items():
         cpu = run["cpu"]
+        each = out["ratios"][n]
         ctx.row(
             "pg pairs/s",
             f"{n} replica{'s' if n > 1 else ''}, {clients} clients",
@@ -891,7 +907,8 @@ async def fig_pg(ctx: Context) -> dict[str, Any]:
             label,
             peer["rate"],
             target="≥ 0.7×" if n == max(plan.pg_replicas) else "",
-            note=f"p50 {run['p50_ms']:.1f} ms; CPU call-me {cpu['call-me']:.0%}, postgres {cpu['postgres']:.0%}, "
+            note=f"per repetition {min(each):.2f}-{max(each):.2f}×; p50 {run['p50_ms']:.1f} ms; "
+            f"CPU call-me {cpu['call-me']:.0%}, postgres {cpu['postgres']:.0%}, "
             f"gen {run['generator_cpu']:.0%}; pgbench: {peer['latency_avg_ms']:.1f} ms avg, "
             f"postgres {peer['postgres_cpu']:.0%}, pgbench {peer['generator_cpu']:.0%}",
         )

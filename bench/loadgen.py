@@ -283,7 +283,11 @@ async def repeated(
     meters: Mapping[str, CpuMeter] | None = None,
 ) -> dict:
     """`reps` closed-loop windows; the median rate and the window that had it (CPU shares: medians)."""
-    windows = [await closed_loop(prepare, workers, warmup, duration, pid, meters) for _ in range(reps)]
+    return summary([await closed_loop(prepare, workers, warmup, duration, pid, meters) for _ in range(reps)])
+
+
+def summary(windows: Sequence[Window]) -> dict:
+    """The median rate of `windows`, the latencies of the window that had it, the median CPU shares."""
     rates = [w.rate for w in windows]
     median = statistics.median(rates)
     chosen = min(windows, key=lambda w: abs(w.rate - median))
@@ -294,6 +298,6 @@ async def repeated(
         "p99_ms": percentile(chosen.latencies, 99) * 1000,
         "generator_cpu": round(statistics.median(w.generator_cpu for w in windows), 3),
         "peer_cpu": round(statistics.median(w.peer_cpu for w in windows), 3),
-        "cpu": {name: round(statistics.median(w.cpu[name] for w in windows), 3) for name in meters or {}},
+        "cpu": {name: round(statistics.median(w.cpu[name] for w in windows), 3) for name in windows[0].cpu},
         "ops": sum(w.ops for w in windows),
     }
