@@ -41,6 +41,7 @@ from loadgen import (
 from peers import API_KEY, CALLME_DURABILITY, GENERATOR_CORE, Proc, Processes, b64, pin, wait_http
 
 HOST = "127.0.0.1"
+PG_SECRET = "bench-secret-shared-by-every-replica-0123456789"  # replicas on one PostgreSQL share one (CALL_ME_SECRET)
 KEY = {"X-API-KEY": API_KEY}
 
 
@@ -863,7 +864,10 @@ async def fig_pg(ctx: Context) -> dict[str, Any]:
     for rep in range(plan.reps):
         for n in plan.pg_replicas:
             ctx.say(f"pg: repetition {rep + 1}, {n} replica(s), {clients} clients")
-            replicas = [ctx.procs.callme(database=url, start=False, durability=durability) for _ in range(n)]
+            replicas = [
+                ctx.procs.callme(database=url, start=False, durability=durability, env={"CALL_ME_SECRET": PG_SECRET})
+                for _ in range(n)
+            ]
             try:
                 for proc in replicas:
                     ctx.procs.add(proc.start())  # at once: they migrate one after the other (an advisory lock)

@@ -11,18 +11,26 @@
                "environment_changed", "environment_deleted"];
   var timer = null;
   var pending = false;
+  var LIVE = "Live: updates as things happen.";
+  var PAUSED = "Live updates paused while a form here has changes; they resume once it is sent or cleared.";
 
   function say(text) { if (status && status.textContent !== text) { status.textContent = text; } }
 
   function editing() {
-    // Never pull the page from under someone typing in one of its forms.
+    // Never pull the page from under someone typing in one of its forms, nor wipe what they typed and left
+    // (a field changed from its default) before they press its button.
     var el = document.activeElement;
-    return el && live.contains(el) && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName);
+    if (el && live.contains(el) && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName)) { return true; }
+    var fields = live.querySelectorAll("input:not([type=hidden]), textarea");
+    for (var i = 0; i < fields.length; i++) {
+      if (fields[i].value !== fields[i].defaultValue) { return true; }
+    }
+    return false;
   }
 
   function refresh() {
     timer = null;
-    if (editing()) { pending = true; return; }
+    if (editing()) { pending = true; say(PAUSED); return; }
     pending = false;
     fetch(src, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) {
@@ -32,6 +40,8 @@
       })
       .then(function (html) {
         if (html === null) { return; }
+        if (editing()) { pending = true; say(PAUSED); return; }  // they typed while the fragment was on its way
+        say(LIVE);
         var open = [];
         live.querySelectorAll("details[open]").forEach(function (d) { open.push(d.id); });
         var focused = document.activeElement && live.contains(document.activeElement) ? document.activeElement.id : null;
@@ -46,10 +56,12 @@
   function soon() { if (timer === null) { timer = window.setTimeout(refresh, 150); } }
 
   live.addEventListener("focusout", function () { if (pending) { soon(); } });
+  live.addEventListener("input", function () { if (pending) { soon(); } });
+  live.addEventListener("submit", function () { pending = false; });
 
   function connect() {
     var events = new EventSource("/v1/events");
-    events.onopen = function () { say("Live: updates as things happen."); soon(); };
+    events.onopen = function () { say(LIVE); soon(); };
     events.onerror = function () {
       say("Live updates lost; reconnecting…");
       if (events.readyState === EventSource.CLOSED) {
