@@ -361,8 +361,10 @@ def _lease_and_token(lease: Lease | str, token: str | None) -> tuple[str, str]:
 
 
 def _segment(value: str) -> str:
-    # A name is one path segment; quoting keeps "a/b" or ".." from reaching another route.
-    return quote(value, safe="")
+    # A name is one path segment: "/" is quoted, and a name "." or ".." too, which httpx would otherwise resolve
+    # as a dot segment (/v1/environments/.. is /v1/) before sending it.
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _without_userinfo(url: str) -> str:

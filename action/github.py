@@ -282,7 +282,7 @@ def _release(workflow: Workflow, client: Client, lease_id: str, token: str, envi
         return
     workflow.print(f"slot has been freed for environment: {environment}")
     with contextlib.suppress(OSError):  # The summary is a courtesy: never fail the post step over it.
-        workflow.add_summary(f"Released `{environment}` (lease `{lease_id}`).\n")
+        workflow.add_summary(f"Released {_cell(environment)} (lease `{lease_id}`).\n")
 
 
 def _withdraw(workflow: Workflow, client: Client, saved: str, *, quiet: bool) -> None:
@@ -300,7 +300,7 @@ def _withdraw(workflow: Workflow, client: Client, saved: str, *, quiet: bool) ->
         workflow.print(f"call-me: the main step stopped before the lease reached it; released lease {outcome.id}")
         workflow.print(f"slot has been freed for environment: {outcome.environment}")
         with contextlib.suppress(OSError):
-            workflow.add_summary(f"Released `{outcome.environment}` (lease `{outcome.id}`).\n")
+            workflow.add_summary(f"Released {_cell(outcome.environment)} (lease `{outcome.id}`).\n")
     elif isinstance(outcome, Waiting):
         workflow.print("call-me: left the queue (the main step stopped before the server's answer reached it)")
     elif not quiet:

@@ -297,12 +297,13 @@ _cm_acquire_curl() {
 }
 
 _cm_acquire_cli() {
-    set -- request --output env --ttl "$_cm_ttl" --holder "$_cm_holder"
-    if [ -n "$CALL_ME_ENVIRONMENT" ]; then set -- "$@" "$CALL_ME_ENVIRONMENT"; else set -- "$@" --label "$CALL_ME_LABEL"; fi
+    # Values as --flag=value and the environment after --: a name (or holder) may begin with a dash.
+    set -- request --output env --ttl "$_cm_ttl" --holder="$_cm_holder"
     [ -z "${CALL_ME_TIMEOUT:-}" ] || set -- "$@" --timeout "$CALL_ME_TIMEOUT"
     [ -z "${CI_JOB_URL:-}" ] || set -- "$@" --meta "job_url=$CI_JOB_URL"
     [ -z "${CI_COMMIT_SHA:-}" ] || set -- "$@" --meta "commit=$CI_COMMIT_SHA"
     [ -z "${CI_PROJECT_PATH:-}" ] || set -- "$@" --meta "project=$CI_PROJECT_PATH"
+    if [ -n "$CALL_ME_ENVIRONMENT" ]; then set -- "$@" -- "$CALL_ME_ENVIRONMENT"; else set -- "$@" --label="$CALL_ME_LABEL"; fi
     # The CLI keeps the token in its state file, so `release --lease ID` needs no --token.
     _cm_out=$(CALL_ME_URL=$CALL_ME_URL CALL_ME_STATE_FILE="$_cm_state/cli-state.json" call-me "$@")
     _cm_code=$?
@@ -391,7 +392,7 @@ _cm_release() {
     _cm_held=$(($(_cm_now) - ${CALL_ME_ACQUIRED_AT:-0}))
     if [ "${CALL_ME_ACQUIRED_BY:-}" = cli ] && command -v call-me >/dev/null 2>&1; then
         if CALL_ME_URL=$CALL_ME_URL CALL_ME_STATE_FILE="$_cm_state/cli-state.json" \
-            call-me release --lease "$CALL_ME_LEASE_ID" "$CALL_ME_ENVIRONMENT" >/dev/null; then
+            call-me release --lease "$CALL_ME_LEASE_ID" -- "$CALL_ME_ENVIRONMENT" >/dev/null; then
             _cm_code=0
         else
             _cm_code=$?
