@@ -6,7 +6,13 @@ import re
 
 SCHEMA_VERSION = 5
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# Environment names and labels: any 1..MAX_NAME_LENGTH characters but these, compared exactly (as the original
+# accepted any name). The control characters (C0, DEL, C1), written so that both Python's `re` and the ECMA
+# regular expressions of JSON Schema (openapi.py) read them.
+MAX_NAME_LENGTH = 200
+NAME_CONTROL_CHARACTERS = r"\u0000-\u001f\u007f-\u009f"
+# Lone surrogates too: no UTF-8 text carries them, so they could never be stored (they arrive only from Python).
+NAME_REFUSED = re.compile(rf"[{NAME_CONTROL_CHARACTERS}\ud800-\udfff]")
 MAX_SLOTS = 1000
 MAX_HOLDER_LENGTH = 200
 MAX_REQUEST_ID_LENGTH = 100

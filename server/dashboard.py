@@ -10,6 +10,7 @@ signed-in key's name as the actor.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -43,6 +44,16 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+_NOT_IN_IDS = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def element_id(name: str) -> str:
+    """An environment name as part of an HTML id and a URL fragment: letters, digits, `.` and `-` stay, any other
+    character becomes `_<its code point in hex>_` (`feature/login` is `feature_2f_login`, `a_b` is `a_5f_b`). So
+    every name has an id of its own, and no id holds a space, a quote or a `#`."""
+    return _NOT_IN_IDS.sub(lambda found: f"_{ord(found.group()):x}_", name)
+
+
 templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(_HERE / "templates"),
     autoescape=True,  # every value: holders and metadata are whatever a client sent
@@ -50,6 +61,7 @@ templates = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+templates.filters["domid"] = element_id
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -216,7 +228,7 @@ async def _admin_form(request: Request) -> tuple[Principal, dict[str, str]]:
 
 
 def _done(name: str) -> Response:
-    return RedirectResponse(f"/#env-{quote(name)}", status_code=303)
+    return RedirectResponse(f"/#env-{element_id(name)}", status_code=303)
 
 
 async def force_release(request: Request) -> Response:
@@ -232,11 +244,14 @@ async def force_release(request: Request) -> Response:
 
 
 async def change_environment(request: Request) -> Response:
-    """Maintenance on/off with a note, or slots and labels: the fields the form sent, as a PUT would."""
+    """Maintenance on/off with a note, or slots and labels: the fields the form sent, as a PUT would.
+
+    The environment is a field of the form, not a part of the path: a browser would make `/ui/environments/..`
+    (even written %2E%2E) into `/ui/`, and a name may be `..`."""
     principal = viewer(request)
     try:
         principal, form = await _admin_form(request)
-        name = validation.name("name", request.path_params["name"])
+        name = validation.name("environment", form.get("environment"))
         change: dict[str, Any] = {}
         if "maintenance" in form:
             change["maintenance"] = form["maintenance"] == "on"
@@ -247,7 +262,9 @@ async def change_environment(request: Request) -> Response:
                 raise Invalid("slots", "must be a whole number")
             change["slots"] = int(slots)
         if "labels" in form:
-            change["labels"] = [label for label in form["labels"].replace(",", " ").split() if label]
+            # One a line: a label may hold spaces and commas, never a line break. Kept as typed, so that saving the
+            # slots leaves a label with a space at its end as it is; only blank lines are dropped.
+            change["labels"] = [label for label in form["labels"].splitlines() if label.strip()]
         if not change:
             raise Invalid("form", "names nothing to change")
         await parts(request).service.put_environment(principal, name, validation.environment_change(change))
@@ -261,7 +278,7 @@ async def hold(request: Request) -> Response:
     principal = viewer(request)
     try:
         principal, form = await _admin_form(request)
-        name = validation.name("name", request.path_params["name"])
+        name = validation.name("environment", form.get("environment"))
         p = parts(request)
         minutes = form.get("minutes", "").strip()
         if not (minutes.isascii() and minutes.isdigit()) or len(minutes) > 7:
@@ -288,6 +305,6 @@ routes = [
     route("/signin", GET=signin_page, POST=signin),
     route("/signout", POST=signout),
     route("/ui/leases/{lease}/release", POST=force_release),
-    route("/ui/environments/{name}", POST=change_environment),
-    route("/ui/environments/{name}/hold", POST=hold),
+    route("/ui/environment", POST=change_environment),
+    route("/ui/environment/hold", POST=hold),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -36,13 +37,21 @@ def route(path: str, **handlers: Handler) -> Route:
     every method of the path in `Allow`; HEAD goes to the GET handler, as Starlette does for every GET."""
     if len(handlers) == 1:
         [(method, handler)] = handlers.items()
-        return Route(path, handler, methods=[method])
+        return _to_the_end(Route(path, handler, methods=[method]))
 
     async def endpoint(request: Request) -> Response:
         return await handlers["GET" if request.method == "HEAD" else request.method](request)
 
     endpoint.__name__ = "_".join(handler.__name__ for handler in handlers.values())
-    return Route(path, endpoint, methods=list(handlers))
+    return _to_the_end(Route(path, endpoint, methods=list(handlers)))
+
+
+def _to_the_end(found: Route) -> Route:
+    # Starlette ends the pattern with `$`, which also matches before a final newline (`/healthz%0A` would be
+    # /healthz, `/v1/environments/uat%0A` the environment uat), and the `path` convertor's `.` stops at a newline.
+    # To the very end, newlines included: such a name then reaches validation, which refuses it.
+    found.path_regex = re.compile(found.path_regex.pattern.removesuffix("$") + r"\Z", re.DOTALL)
+    return found
 
 
 async def body(request: Request) -> bytes:

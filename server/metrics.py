@@ -201,7 +201,8 @@ class RequestTimer:
             if not observed:
                 observed = True
                 route = scope.get("route")
-                template = getattr(route, "path", None) or "unmatched"
+                # path_format: the template without its convertors (`{name}`, not `{name:path}`), as documented.
+                template = getattr(route, "path_format", None) or "unmatched"
                 method = scope["method"] if scope["method"] in _METHODS else "other"  # clients choose it
                 self.metrics.requests.labels(method, template).observe(time.perf_counter() - started)
 

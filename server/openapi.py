@@ -17,6 +17,7 @@ from .constants import (
     MAX_HOLDER_LENGTH,
     MAX_LABELS,
     MAX_METADATA_BYTES,
+    MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
     MAX_PRIORITY,
     MAX_PROPERTIES,
@@ -24,7 +25,7 @@ from .constants import (
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
     MIN_PRIORITY,
-    NAME_PATTERN,
+    NAME_CONTROL_CHARACTERS,
 )
 
 Schema = dict[str, Any]
@@ -154,7 +155,13 @@ def _schemas() -> dict[str, Schema]:
         "description": "names that would become the same CALL_ME_PROPERTY_<NAME> (a-b, a_b) are refused",
     }
     return {
-        "Name": _string(1, 63, pattern=f"^{NAME_PATTERN.pattern}$", description="an environment name or a label"),
+        "Name": _string(
+            1,
+            MAX_NAME_LENGTH,
+            pattern=f"^[^{NAME_CONTROL_CHARACTERS}]*$",
+            description="an environment name or a label: any characters but control characters, compared exactly; "
+            "percent-encoded in a path (`/` as %2F, a name `.` or `..` as %2E or %2E%2E)",
+        ),
         "Lease": lease,
         "PublicLease": {"allOf": [_ref("Lease"), {"not": {"required": ["token"]}}]},
         "GrantedLease": {"allOf": [_ref("Lease"), {"required": ["token"]}]},
@@ -424,8 +431,8 @@ def _page_errors(*statuses: int) -> dict[str, Schema]:
     return {str(s): _bare(f"{_ERRORS[s].split(' (')[0]}; an HTML page says so") for s in statuses}
 
 
-def _form(*fields: str) -> Schema:
-    schema = _object({f: {"type": "string"} for f in fields}, required=("csrf",))
+def _form(*fields: str, required: tuple[str, ...] = ("csrf",)) -> Schema:
+    schema = _object({f: {"type": "string"} for f in fields}, required=required)
     return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
 
 
@@ -530,26 +537,29 @@ def _live_paths() -> dict[str, Schema]:
                 requestBody=_form("csrf"),
             ),
         },
-        "/ui/environments/{name}": {
-            "parameters": [_param_ref("EnvironmentName")],
+        # The environment is a form field: a browser would turn a path ending in `..` (even %2E%2E) into another.
+        "/ui/environment": {
             "post": _op(
                 "dashboardChangeEnvironment",
-                "Maintenance on or off with a note, or slots and labels",
+                "Maintenance on or off with a note, or slots and labels (one a line)",
                 admin_form,
                 role="admin",
                 security=session,
-                requestBody=_form("csrf", "maintenance", "note", "slots", "labels"),
+                requestBody=_form(
+                    "csrf", "environment", "maintenance", "note", "slots", "labels", required=("csrf", "environment")
+                ),
             ),
         },
-        "/ui/environments/{name}/hold": {
-            "parameters": [_param_ref("EnvironmentName")],
+        "/ui/environment/hold": {
             "post": _op(
                 "dashboardHold",
                 "Hold the environment for a person (an ordinary lease, granted at once or not)",
                 admin_form,
                 role="admin",
                 security=session,
-                requestBody=_form("csrf", "holder", "minutes", "reason"),
+                requestBody=_form(
+                    "csrf", "environment", "holder", "minutes", "reason", required=("csrf", "environment")
+                ),
             ),
         },
     }

@@ -6,10 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .constants import NAME_PATTERN
-from .errors import CallMeError, Forbidden, NotFound, Unauthorized
+from .errors import CallMeError, Forbidden, Invalid, NotFound, Unauthorized
 from .http import parts
 from .model import Role
+from .validation import name as valid_name
 
 _ROLES: dict[str, Role] = {"GET": "read", "POST": "client", "DELETE": "client"}
 
@@ -20,8 +20,9 @@ async def maybe(request: Request) -> Response:
         principal = p.keyring.require(request.headers, _ROLES[request.method])
     except (Unauthorized, Forbidden):
         return Response(status_code=401)
-    name = request.query_params.get("environment", "")
-    if not NAME_PATTERN.fullmatch(name):
+    try:
+        name = valid_name("environment", request.query_params.get("environment"))
+    except Invalid:
         return Response(status_code=400)
     try:
         if request.method == "GET":

@@ -83,7 +83,9 @@ async def leave(request: Request) -> Response:
 async def list_environments(request: Request) -> Response:
     p = parts(request)
     p.keyring.require(request.headers, "read")
-    views = await p.service.environments()
+    # In code point order on every store: PostgreSQL's ORDER BY follows the database's collation, which may
+    # ignore the spaces and punctuation that names may now hold.
+    views = sorted(await p.service.environments(), key=lambda view: view.env.name)
     return JSONResponse({"environments": [render.environment_json(v) for v in views]})
 
 
@@ -135,6 +137,8 @@ routes = [
     route("/v1/leases/{lease}/renew", POST=renew),
     route("/v1/tickets/{ticket}", DELETE=leave),
     route("/v1/environments", GET=list_environments),
-    route("/v1/environments/{name}", GET=get_environment, PUT=put_environment, DELETE=delete_environment),
+    # `path`: a name may hold `/`, which arrives decoded (feature%2Flogin is feature/login), so the rest of the path
+    # is the name. No route lies below an environment: a suffix could not be told from a name that ends with it.
+    route("/v1/environments/{name:path}", GET=get_environment, PUT=put_environment, DELETE=delete_environment),
     route("/v1/history", GET=history),
 ]

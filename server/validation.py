@@ -13,6 +13,7 @@ from .constants import (
     MAX_HOLDER_LENGTH,
     MAX_LABELS,
     MAX_METADATA_BYTES,
+    MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
     MAX_PRIORITY,
     MAX_PROPERTIES,
@@ -20,7 +21,7 @@ from .constants import (
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
     MIN_PRIORITY,
-    NAME_PATTERN,
+    NAME_REFUSED,
 )
 from .errors import BadJSON, Invalid
 from .model import JSONObject
@@ -49,10 +50,15 @@ def reject_unknown(body: JSONObject, allowed: frozenset[str]) -> None:
 
 
 def name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+    """An environment name or a label: any 1..200 characters but control characters, taken exactly as given."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LENGTH:
+        raise Invalid(field, f"must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    refused = NAME_REFUSED.search(value)
+    if refused is not None:
         raise Invalid(
             field,
-            "must be 1 to 63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            f"must not contain control characters (U+0000-U+001F, U+007F-U+009F); "
+            f"found U+{ord(refused.group()):04X} at position {refused.start() + 1}",
         )
     return value
 

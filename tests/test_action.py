@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -274,6 +275,33 @@ def test_label_output_names_the_environment_held(server: ServerProcess, admin: h
     assert json.loads(main.files.outputs()["properties"]) == {"url": "https://staging-2.example.com"}
     assert run_post(job, main.files).returncode == 0
     assert kinds(admin, "staging-2")[-1] == "released"
+
+
+def test_any_name_travels_inputs_outputs_state_and_summary(
+    server: ServerProcess, admin: httpx.Client, tmp_path: Path
+) -> None:
+    # The original accepted any name: a slash, a quote, a `$`, Markdown and HTML are all just text here.
+    name, label = "feature/it's $HOME | `x` <b>", "pool a, b"
+    assert admin.put(f"/v1/environments/{quote(name, safe='')}", json={"labels": [label]}).status_code == 201
+    for how, given in (("environment", name), ("label", label)):
+        job = make_job(server, tmp_path, how, **{how: given})
+        main = run_main(job)
+        assert main.returncode == 0, main.stdout + main.stderr
+        assert main.files.outputs()["environment"] == name
+        assert main.files.saved_state()["environment"] == name
+        assert f"acquired slot for environment: {name}" in main.stdout
+        post = run_post(job, main.files)
+        assert post.returncode == 0, post.stdout + post.stderr
+        assert f"slot has been freed for environment: {name}" in post.stdout
+        summaries = main.files.summary_text() + post.files.summary_text()
+        assert "holding feature/it's $HOME" in summaries
+        assert "Released feature/it's $HOME" in summaries
+        # Shown as text: no code span, table cell or HTML tag of the name's own survives into the Markdown.
+        assert "`x`" not in summaries
+        assert "<b>" not in summaries
+        assert "| `x`" not in summaries
+    assert environment(admin, quote(name, safe=""))["leases"] == []
+    assert kinds(admin, name) == ["acquired", "released"] * 2
 
 
 def test_main_times_out_while_another_holds_and_post_leaves(

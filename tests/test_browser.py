@@ -326,3 +326,31 @@ def test_a_sibling_site_can_neither_act_for_a_signed_in_admin_nor_sign_a_visitor
             expect(tab).to_have_url(server.url + "/signin")  # not signed in with the attacker's key
         finally:
             visitor.close()
+
+
+def test_an_admin_manages_environments_with_any_name(page: object, server: ServerProcess, cli: CLIs) -> None:
+    # A browser would resolve /ui/environments/.. (even %2E%2E) to /ui/: the forms carry the name in a field.
+    names = ["..", "feature/it's a b"]
+    for name in names:
+        cli.run("shop", "request", name, "--holder", f"org/shop {name}")
+    sign_in(page, server, ADMIN_KEY)
+    cards = {
+        name: page.locator("section.env").filter(  # type: ignore[attr-defined]
+            has=page.get_by_role("heading", name=name, exact=True)  # type: ignore[attr-defined]
+        )
+        for name in names
+    }
+    dots = cards[".."]
+    dots.get_by_text("Manage ..").click()  # type: ignore[attr-defined]
+    dots.get_by_label("Note").fill("rebuilding")  # type: ignore[attr-defined]
+    dots.get_by_role("button", name="Start maintenance").click()  # type: ignore[attr-defined]
+    expect(cards[".."].get_by_test_id("state")).to_contain_text("maintenance")  # type: ignore[attr-defined]
+
+    spaced = cards["feature/it's a b"]
+    spaced.get_by_text("Manage feature/it's a b").click()  # type: ignore[attr-defined]
+    spaced.get_by_label("Labels (one per line)").fill("eu, west\npool a")  # type: ignore[attr-defined]
+    spaced.get_by_role("button", name="Save").click()  # type: ignore[attr-defined]
+    expect(cards["feature/it's a b"].locator("span.label")).to_have_count(2)  # type: ignore[attr-defined]
+    with httpx.Client(base_url=server.url, headers={"X-API-KEY": READ_KEY}) as read:
+        assert read.get("/v1/environments/%2E%2E").json()["note"] == "rebuilding"
+        assert read.get("/v1/environments/feature/it's a b").json()["labels"] == ["eu, west", "pool a"]

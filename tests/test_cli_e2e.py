@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -90,7 +92,7 @@ def until(predicate: Callable[[], bool], *, timeout: float = BOUND) -> None:
 
 def live_leases(server: ServerProcess, name: str) -> list[dict[str, object]]:
     with server.client() as http:
-        response = http.get(f"/v1/environments/{name}")
+        response = http.get(f"/v1/environments/{'%2E%2E' if name == '..' else quote(name, safe='')}")
     if response.status_code == 404:
         return []
     response.raise_for_status()
@@ -102,42 +104,44 @@ def first_line(proc: subprocess.Popen[str]) -> str:
     return proc.stdout.readline().rstrip("\n")
 
 
-def test_the_original_transcript(server: ServerProcess, tmp_path: Path, start: Spawner) -> None:
+# The original accepted any name; branch-named environments are common.
+@pytest.mark.parametrize("name", ["uat", "feature/login"])
+def test_the_original_transcript(server: ServerProcess, tmp_path: Path, start: Spawner, name: str) -> None:
     first = cli_env(server, tmp_path / "first.json")
     second = cli_env(server, tmp_path / "second.json")
 
-    got = call(["request", "uat"], first)
+    got = call(["request", name], first)
     assert got.returncode == 0, got.stderr
     lines = got.stdout.splitlines()
-    assert lines[0] == "acquired slot for environment: uat"
+    assert lines[0] == f"acquired slot for environment: {name}"
     assert WAITED.match(lines[1]), lines[1]
 
-    waiter = start(["request", "uat"], second)
+    waiter = start(["request", name], second)
     line = first_line(waiter)
-    assert line.startswith("waiting for free slot on environment: uat (position 1 in queue; held by admin since ")
+    assert line.startswith(f"waiting for free slot on environment: {name} (position 1 in queue; held by admin since ")
 
-    freed = call(["release", "uat"], first)
+    freed = call(["release", name], first)
     assert freed.returncode == 0, freed.stderr
-    assert freed.stdout == "slot has been freed for environment: uat\n"
+    assert freed.stdout == f"slot has been freed for environment: {name}\n"
 
     out, err = waiter.communicate(timeout=BOUND)
     assert waiter.returncode == 0, err
     rest = [line for line in out.splitlines() if not line.startswith("waiting for free slot")]
-    assert rest[0] == "acquired slot for environment: uat"
+    assert rest[0] == f"acquired slot for environment: {name}"
     assert WAITED.match(rest[1]), rest[1]
-    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["admin"]
+    assert [lease["holder"] for lease in live_leases(server, name)] == ["admin"]
 
     # Released by name from a shell that took nothing there: nothing of its own to free, and it says so. (The
     # original freed the oldest lease, whoever held it; with a shared key, another pipeline's while it deploys.)
-    elsewhere = call(["release", "uat"], cli_env(server, tmp_path / "elsewhere.json"))
+    elsewhere = call(["release", name], cli_env(server, tmp_path / "elsewhere.json"))
     assert elsewhere.returncode == 7, elsewhere.stderr
     assert elsewhere.stdout == ""
-    assert "nothing to release: no lease on uat was taken from here" in elsewhere.stderr
-    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["admin"]
-    forced = call(["release", "uat", "--force"], cli_env(server, tmp_path / "elsewhere.json"))
+    assert f"nothing to release: no lease on {name} was taken from here" in elsewhere.stderr
+    assert [lease["holder"] for lease in live_leases(server, name)] == ["admin"]
+    forced = call(["release", name, "--force"], cli_env(server, tmp_path / "elsewhere.json"))
     assert forced.returncode == 0, forced.stderr
-    assert forced.stdout == "slot has been freed for environment: uat\n"
-    assert live_leases(server, "uat") == []
+    assert forced.stdout == f"slot has been freed for environment: {name}\n"
+    assert live_leases(server, name) == []
 
 
 def test_release_by_name_frees_only_what_this_pipeline_took(server: ServerProcess, tmp_path: Path) -> None:
@@ -283,12 +287,45 @@ def test_env_output_can_be_sourced_and_released_by_lease_and_token(server: Serve
     assert live_leases(server, "uat") == []
 
 
+# Quotes, `$`, backquotes and spaces survive --output env; ".." reaches its own environment, not /v1/.
+@pytest.mark.parametrize("name", ["it's $HOME `id`", "..", "a b/été:1"])
+def test_any_name_as_argument_flag_and_env_output(server: ServerProcess, tmp_path: Path, name: str) -> None:
+    admin = cli_env(server, tmp_path / "admin.json")
+    env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
+    label = f"pool of {name}"
+    made = call(["env", "set", name, "--slots", "2", "--label", label], admin)
+    assert made.stdout == f"environment {name}: 2 slots, labels {label}, free\n", made.stderr
+
+    got = call(["request", name, "--output", "env", "--no-wait"], env)
+    assert got.returncode == 0, got.stderr
+    shell = subprocess.run(
+        ["sh", "-c", 'eval "$0"; printf "%s" "$CALL_ME_ENVIRONMENT"', got.stdout],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=True,
+    )
+    assert shell.stdout == name
+    by_label = call(["request", "--label", label, "--no-wait"], env)
+    assert by_label.stdout.startswith(f"acquired slot for environment: {name}\n"), by_label.stderr
+
+    status = call(["status", name, "--output", "json"], admin)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["name"], len(shown["leases"])) == (name, 2)
+    for _ in range(2):
+        freed = call(["release", name], env)
+        assert freed.stdout == f"slot has been freed for environment: {name}\n", freed.stderr
+    assert live_leases(server, name) == []
+    assert call(["env", "delete", name], admin).stdout == f"environment {name} deleted\n"
+
+
 @pytest.mark.parametrize(
     ("args", "key", "code", "words"),
     [
         (["status"], "not-a-key", 6, "unauthorized"),
         (["env", "set", "uat", "--slots", "2"], CLIENT_KEY, 6, "forbidden"),
-        (["request", "bad name!", "--no-wait"], CLIENT_KEY, 2, "invalid"),
+        (["request", "bad\tname", "--no-wait"], CLIENT_KEY, 2, "invalid"),
         (["status", "nowhere"], CLIENT_KEY, 7, "not_found"),
     ],
 )

@@ -4,9 +4,12 @@ form, roles, escaping of what clients sent, the admin's forms and the history fi
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -114,13 +117,14 @@ def test_read_and_client_keys_see_no_admin_forms_and_cannot_post_them(
         page = browser.get("/")
         assert "org/app#8" in page.text
         assert "Force release" not in page.text
-        assert "/hold" not in page.text
+        assert "/ui/environment" not in page.text
         assert "Manage" not in page.text
         token = csrf_of(page)  # the sign-out form's: valid, yet the role is not enough
         assert browser.post(f"/ui/leases/{lease['id']}/release", data={"csrf": token}).status_code == 403
-        assert browser.post("/ui/environments/d-ro", data={"csrf": token, "slots": "5"}).status_code == 403
-        hold = {"csrf": token, "holder": "mallory", "minutes": "5", "reason": "x"}
-        assert browser.post("/ui/environments/d-ro/hold", data=hold).status_code == 403
+        change = {"csrf": token, "environment": "d-ro", "slots": "5"}
+        assert browser.post("/ui/environment", data=change).status_code == 403
+        hold = {"csrf": token, "environment": "d-ro", "holder": "mallory", "minutes": "5", "reason": "x"}
+        assert browser.post("/ui/environment/hold", data=hold).status_code == 403
     finally:
         browser.close()
     assert api.get(f"/v1/leases/{lease['id']}").json()["state"] == "active"
@@ -150,36 +154,38 @@ def test_admin_holds_an_environment_for_a_person_and_changes_it(
     api_admin = server.client(ADMIN_KEY)
     api_admin.put("/v1/environments/d-qa", json={"slots": 2}).raise_for_status()
     token = csrf_of(admin.get("/"))
-    held = admin.post("/ui/environments/d-qa/hold", data={"csrf": token, "holder": "alice", "minutes": "30",
-                                                           "reason": "manual QA of checkout"})  # fmt: skip
+    form = {"csrf": token, "environment": "d-qa"}
+    held = admin.post("/ui/environment/hold", data={**form, "holder": "alice", "minutes": "30",
+                                                    "reason": "manual QA of checkout"})  # fmt: skip
     assert held.status_code == 303, held.text
     leases = api.get("/v1/environments/d-qa").json()["leases"]
     alice = next(lease for lease in leases if lease["holder"] == "alice")
     assert alice["ttl"] == 1800
     assert alice["metadata"] == {"reason": "manual QA of checkout", "via": "dashboard", "by": "admin"}
-    busy = admin.post("/ui/environments/d-qa/hold", data={"csrf": token, "holder": "bob", "minutes": "5"})
+    busy = admin.post("/ui/environment/hold", data={**form, "holder": "bob", "minutes": "5"})
     assert busy.status_code == 409
     assert "is held by" in busy.text
-    bad = admin.post("/ui/environments/d-qa/hold", data={"csrf": token, "holder": "bob", "minutes": "soon"})
+    bad = admin.post("/ui/environment/hold", data={**form, "holder": "bob", "minutes": "soon"})
     assert bad.status_code == 422
 
-    on = {"csrf": token, "maintenance": "on", "note": "DB upgrade until 15:00"}
-    assert admin.post("/ui/environments/d-qa", data=on).status_code == 303
+    on = {**form, "maintenance": "on", "note": "DB upgrade until 15:00"}
+    assert admin.post("/ui/environment", data=on).status_code == 303
     env = api.get("/v1/environments/d-qa").json()
     assert (env["maintenance"], env["note"]) == (True, "DB upgrade until 15:00")
     assert "DB upgrade until 15:00" in admin.get("/").text
-    assert admin.post("/ui/environments/d-qa", data={"csrf": token, "maintenance": "off"}).status_code == 303
-    changed = {"csrf": token, "slots": "3", "labels": "qa, eu"}
-    assert admin.post("/ui/environments/d-qa", data=changed).status_code == 303
+    assert admin.post("/ui/environment", data={**form, "maintenance": "off"}).status_code == 303
+    changed = {**form, "slots": "3", "labels": "qa\r\neu\r\n"}  # a textarea, one label a line
+    assert admin.post("/ui/environment", data=changed).status_code == 303
     env = api.get("/v1/environments/d-qa").json()
     assert (env["maintenance"], env["note"], env["slots"], env["labels"]) == (False, None, 3, ["eu", "qa"])
-    assert admin.post("/ui/environments/d-qa", data={"csrf": token, "slots": "0"}).status_code == 422
+    assert admin.post("/ui/environment", data={**form, "slots": "0"}).status_code == 422
+    assert admin.post("/ui/environment", data={"csrf": token, "slots": "2"}).status_code == 422  # which one?
     api_admin.close()
 
 
 def test_a_key_in_the_headers_needs_no_csrf_token(server: ServerProcess) -> None:
     with server.client(ADMIN_KEY) as client:
-        answer = client.post("/ui/environments/d-key", data={"slots": "2"})
+        answer = client.post("/ui/environment", data={"environment": "d-key", "slots": "2"})
         assert answer.status_code == 303
         assert client.get("/v1/environments/d-key").json()["slots"] == 2
 
@@ -198,7 +204,7 @@ def test_history_filters_by_environment(server: ServerProcess, admin: httpx.Clie
     fragment = admin.get("/ui/history", params={"environment": "d-h2", "fragment": "1"}).text
     assert fragment.lstrip().startswith("<table")
     assert "holder-of-d-h2" in fragment
-    assert admin.get("/ui/history", params={"environment": "-bad"}).status_code == 422
+    assert admin.get("/ui/history", params={"environment": "bad\ttab"}).status_code == 422
 
 
 def test_sign_out_ends_the_session(server: ServerProcess, admin: httpx.Client) -> None:
@@ -231,3 +237,76 @@ def test_over_https_the_session_cookie_is_secure(tmp_path: Path) -> None:
                 assert (await browser.get("/")).status_code == 200
 
     asyncio.run(run())
+
+
+class _Elements(HTMLParser):
+    """Every start tag of a page with its attributes (values unescaped, as a browser reads them)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {key: value or "" for key, value in attrs}))
+
+    def having(self, tag: str, **wanted: str) -> list[dict[str, str]]:
+        return [attrs for t, attrs in self.tags if t == tag and all(attrs.get(k) == v for k, v in wanted.items())]
+
+
+UNUSUAL_NAMES = ["feature/login", "a b", "a_b", "a_5f_b", "..", "it's <b>$HOME</b> & co", "été", "x" * 200]
+
+
+def _holder(name: str) -> str:
+    return f"h:{name[:50]}."
+
+
+def test_any_environment_name_gets_its_own_card_ids_links_and_forms(
+    server: ServerProcess, admin: httpx.Client, api: httpx.Client
+) -> None:
+    for name in UNUSUAL_NAMES:
+        api.post("/v1/leases", json={"environment": name, "holder": _holder(name)}).raise_for_status()
+    page = _Elements(admin.get("/").text)
+    ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
+    assert len(ids) == len(set(ids)), "element ids repeat"
+    assert all(i and not any(c.isspace() for c in i) for i in ids), ids  # HTML: no space in an id
+    assert all(attrs["for"] in ids for _, attrs in page.tags if "for" in attrs)  # every label finds its input
+    token = csrf_of(admin.get("/"))
+    for name in UNUSUAL_NAMES:
+        [card] = page.having("section", **{"data-environment": name})
+        card_id = card["id"]
+        assert card_id.startswith("env-"), card_id
+        assert card_id.isascii(), card_id
+        assert page.having("a", href=f"#{card_id}"), name  # the utilisation table links to the card
+        assert page.having("h2", id=card["aria-labelledby"])
+        assert len(page.having("input", type="hidden", name="environment", value=name)) == 3  # three forms
+        # The forms name the environment in a field: a browser would make /ui/environments/.. into /ui/.
+        done = admin.post("/ui/environment", data={"csrf": token, "environment": name, "slots": "2"})
+        assert (done.status_code, done.headers["location"]) == (303, f"/#{card_id}"), done.text
+        held = admin.post("/ui/environment/hold", data={"csrf": token, "environment": name, "minutes": "5"})
+        assert held.status_code == 303, held.text
+        quoted = quote(name, safe="")
+        env = api.get(f"/v1/environments/{'%2E%2E' if name == '..' else quoted}").json()
+        assert (env["name"], env["slots"], len(env["leases"])) == (name, 2, 2)
+    # Labels one a line, as the textarea shows them: a label may hold spaces and commas.
+    labels = {"csrf": token, "environment": "a b", "labels": "eu, west\r\npool a\r\n\r\n"}
+    assert admin.post("/ui/environment", data=labels).status_code == 303
+    assert api.get("/v1/environments/a%20b").json()["labels"] == ["eu, west", "pool a"]
+    [card] = _Elements(admin.get("/").text).having("section", **{"data-environment": "a b"})
+    suffix = re.escape(card["id"].removeprefix("env-"))
+    shown = re.search(
+        rf'<textarea id="labels-{suffix}" name="labels"[^>]*>\n(.*?)</textarea>', admin.get("/").text, re.S
+    )
+    assert shown is not None
+    assert shown.group(1).split("\n") == ["eu, west", "pool a"]
+
+    history = _Elements(admin.get("/ui/history").text)
+    for name in UNUSUAL_NAMES:
+        links = [
+            a["href"] for a in history.having("a") if parse_qs(urlsplit(a["href"]).query).get("environment") == [name]
+        ]
+        assert links, name
+        filtered = admin.get(links[0])
+        assert filtered.status_code == 200
+        shown = html.unescape(filtered.text)
+        assert [other for other in UNUSUAL_NAMES if _holder(other) in shown] == [name]

@@ -61,8 +61,8 @@ def test_a_form_from_elsewhere_is_refused_though_its_token_is_valid(
     headers = foreign(server)
     forms = [
         (f"/ui/leases/{lease['id']}/release", {}),
-        ("/ui/environments/c-uat", {"slots": "4", "maintenance": "on", "note": "forged"}),
-        ("/ui/environments/c-qa/hold", {"holder": "mallory", "minutes": "30"}),
+        ("/ui/environment", {"environment": "c-uat", "slots": "4", "maintenance": "on", "note": "forged"}),
+        ("/ui/environment/hold", {"environment": "c-qa", "holder": "mallory", "minutes": "30"}),
         ("/signout", {}),
     ]
     for path, fields in forms:
@@ -88,7 +88,8 @@ def test_a_form_from_the_dashboard_itself_is_taken(
     # A user's own navigation (Sec-Fetch-Site: none), and an old client that sends neither header: the token decides.
     for headers in ({"Sec-Fetch-Site": "none"}, {}):
         for csrf, status in ((token, 303), ("", 403)):
-            answer = admin.post("/ui/environments/c-own", data={"csrf": csrf, "slots": "2"}, headers=headers)
+            form = {"csrf": csrf, "environment": "c-own", "slots": "2"}
+            answer = admin.post("/ui/environment", data=form, headers=headers)
             assert answer.status_code == status
     assert api.get("/v1/environments/c-own").json()["slots"] == 2
     out = admin.post("/signout", data={"csrf": token}, headers=own(server))
@@ -103,7 +104,7 @@ def test_behind_a_reverse_proxy_the_address_browsers_use_is_the_dashboards_own(
 
     def change(slots: int, headers: dict[str, str]) -> int:
         return admin.post(
-            "/ui/environments/c-proxy", data={"csrf": token, "slots": str(slots)}, headers=headers
+            "/ui/environment", data={"csrf": token, "environment": "c-proxy", "slots": str(slots)}, headers=headers
         ).status_code
 
     # The proxy passes the public name in X-Forwarded-Host, or keeps Host; its TLS hop may look like plain http.

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -332,6 +333,42 @@ def test_curl_only_path_without_python(project: MakeProject, server: ServerProce
     assert "call-me: released uat" in pipeline.output
     assert_secret_free(pipeline, "deploy")
     assert_balanced(server, acquired=1)
+
+
+def test_unusual_names_on_both_paths(project: MakeProject, server: ServerProcess) -> None:
+    # The original accepted any name. By label, the curl path learns the environment from the server's text answer
+    # alone (its own parser); the CLI path gets a name that begins with a dash. GitLab writes `$` as `$$`.
+    by_label, by_cli = "feature/it's $HOME & co", "-dash'q'$x"
+    put_environment(server, quote(by_label, safe=""), labels=["pool $1"], properties={"url": "https://f.example"})
+    app = project("app")
+    app.write(
+        include_local(
+            "by-label:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            '    CALL_ME_LABEL: "pool $$1"\n'
+            "    CALL_ME_CLIENT: curl\n"
+            "  script:\n"
+            f"    - {SHOW}\n"
+            "by-cli:\n"
+            "  extends: .call-me\n"
+            "  variables:\n"
+            """    CALL_ME_ENVIRONMENT: "-dash'q'$$x"\n"""
+            "    CALL_ME_CLIENT: cli\n"
+            "  script:\n"
+            f"    - {SHOW}\n"
+        )
+    )
+    pipeline = app.run()
+    assert pipeline.returncode == 0, pipeline.output
+    for job, name, url in (("by-label", by_label, "https://f.example"), ("by-cli", by_cli, "")):
+        seen = re.compile(rf"seen: env={re.escape(name)} fence=[12] url={re.escape(url)} token=none")
+        assert [line for line in job_output(pipeline, job) if seen.fullmatch(line)], pipeline.output
+    for job, name in (("by-label", by_label), ("by-cli", by_cli)):
+        assert any(line.startswith(f"call-me: released {name} (lease l_") for line in job_output(pipeline, job))
+    assert_secret_free(pipeline, "by-label", "by-cli")
+    events = assert_balanced(server, acquired=2)
+    assert {e["environment"] for e in events if e["kind"] == "acquired"} == {by_label, by_cli}
 
 
 def test_curl_timeout_leaves_the_queue(project: MakeProject, server: ServerProcess) -> None:
