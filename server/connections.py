@@ -11,7 +11,9 @@ this is uvicorn's httptools protocol with:
 - at most MAX_HEAD_BYTES of request line and header fields and at most MAX_HEAD_FIELDS fields: 431;
 - a request arrives whole, headers and body, within `read_timeout` of its first byte: else 408 and close;
 - a connection with no request on it, from its opening on, is closed after `idle_timeout`;
-- beyond `max_connections` a new connection is answered 503 at once and closed within REFUSAL_LINGER.
+- beyond `max_connections` a new connection is answered 503 at once and closed within REFUSAL_LINGER;
+- a method httptools does not know (it knows a fixed list) reaches the app, which answers 405 with `Allow`,
+  rather than the parser's bare 400.
 
 A request in flight, such as a parked long-poll or a /v1/events stream, runs under none of these timers:
 it was read whole before the app saw it, and the idle timer starts when its response is complete.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import resource
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -30,7 +33,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import render
-from .constants import MAX_HEAD_BYTES, MAX_HEAD_FIELDS, REFUSAL_LINGER, RESERVED_FILES
+from .constants import MAX_HEAD_BYTES, MAX_HEAD_FIELDS, MAX_METHOD_LENGTH, REFUSAL_LINGER, RESERVED_FILES
 from .errors import AtCapacity, HeadersTooLarge, RequestTimeout
 
 if TYPE_CHECKING:
@@ -74,6 +77,13 @@ def connection_cap(wanted: int, open_files: int) -> int:
 def http_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
     """The protocol class to give uvicorn.Config(http=...)."""
     return type("BoundedHttpToolsProtocol", (_BoundedProtocol,), {"limits": limits})
+
+
+# RFC 9110's token: what a method may be.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Given to httptools in place of a method it does not know; the app sees the real one. Any method it knows with no
+# meaning of its own to the parser (unlike CONNECT) would do.
+_STAND_IN = b"PROPFIND"
 
 
 class _HeadTooLarge(Exception):
@@ -140,6 +150,12 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_fields = 0
         self._read_timer: asyncio.TimerHandle | None = None
+        # Every byte of the request head fed so far, from its first; None when that request began inside a piece
+        # after the previous one ended (then where it begins is not known).
+        self._head: bytearray | None = bytearray()
+        self._ended_in_feed = False
+        self._odd: bytearray | None = None  # a request with a method httptools refused, until the method ends
+        self._odd_method: str | None = None  # that method, for the request's scope
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         cap = self.limits.max_connections
@@ -183,16 +199,24 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def _feed(self, piece: bytes) -> bool:
         """Feeds the parser; False once the connection was answered, closed or handed over (as uvicorn does)."""
+        if self._odd is not None:
+            self._odd += piece
+            return self._odd_request()
+        if self._reading_head and self._head is not None:
+            self._head += piece
+        self._ended_in_feed = False
         try:
             self.parser.feed_data(piece)
+        except httptools.HttpParserInvalidMethodError:
+            if self._head is None:
+                return self._invalid()
+            self._odd = self._head
+            return self._odd_request()
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):  # raised by on_header below
                 self._too_large(str(exc.__context__))
                 return False
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-            return False
+            return self._invalid()
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -201,7 +225,33 @@ class _BoundedProtocol(HttpToolsProtocol):
             return False
         return True
 
+    def _invalid(self) -> bool:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+        return False
+
+    def _odd_request(self) -> bool:
+        """A request whose method httptools refused: once the method has come whole, a fresh parser reads the request
+        with a stand-in method, and on_headers_complete puts the real one back for the app."""
+        assert self._odd is not None
+        data = bytes(self._odd).lstrip(b"\r\n")  # httptools skips blank lines before a request
+        end = data.find(b" ")
+        method = data if end < 0 else data[:end]
+        if end == 0 or len(method) > MAX_METHOD_LENGTH or (method and not _TOKEN.fullmatch(method)):
+            return self._invalid()
+        if end < 0:
+            return True  # the method goes on in the next piece
+        self._odd, self._head = None, None
+        self._odd_method = method.decode("ascii")
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # as uvicorn does; httptools < 0.6.3 has no leniencies
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return self._feed(_STAND_IN + data[end:])
+
     def on_message_begin(self) -> None:
+        if self._ended_in_feed:
+            self._head = None
         self._start_read_timer()
         self._head_fields = 0
         super().on_message_begin()
@@ -214,12 +264,18 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._head = None  # not kept while a long-poll is parked; on_message_complete starts the next
         super().on_headers_complete()
+        if self._odd_method is not None:
+            self.scope["method"] = self._odd_method  # before the app's task first runs
+            self._odd_method = None
 
     def on_message_complete(self) -> None:
         self._stop_read_timer()
         self._reading_head = True
         self._head_bytes = 0
+        self._head = bytearray()
+        self._ended_in_feed = True
         super().on_message_complete()
 
     def _start_read_timer(self) -> None:

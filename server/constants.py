@@ -48,6 +48,7 @@ DEFAULT_READ_TIMEOUT = 10.0  # seconds from a request's first byte until it has 
 DEFAULT_IDLE_TIMEOUT = 30.0  # seconds a connection may stay open with no request on it
 MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together, as nginx's default 4 x 8k buffers
 MAX_HEAD_FIELDS = 100  # as Apache's LimitRequestFields
+MAX_METHOD_LENGTH = 32  # a method httptools does not know, answered 405 (the longest registered one has 17)
 RESERVED_FILES = 64
 REFUSAL_LINGER = 1.0  # seconds a refused connection is read and discarded so that its answer is not reset
 # A log record at WARNING or above is written at most LOG_REPEATS times per LOG_REPEAT_WINDOW seconds for the

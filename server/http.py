@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .auth import Keyring
@@ -32,26 +32,40 @@ def parts(request: Request) -> Parts:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def route(path: str, **handlers: Handler) -> Route:
-    """One Route for a path and all its methods (`GET=...`, `PUT=...`), so that Starlette's own 405 names
-    every method of the path in `Allow`; HEAD goes to the GET handler, as Starlette does for every GET."""
-    if len(handlers) == 1:
-        [(method, handler)] = handlers.items()
-        return _to_the_end(Route(path, handler, methods=[method]))
+def route(path: str, *, include_in_schema: bool = True, **handlers: Handler) -> Route:
+    """One Route for a path and all its methods (`GET=...`, `PUT=...`), so that Starlette's own 405 names every
+    method of the path in `Allow`. A path with GET also answers HEAD (Starlette adds it): as GET would, status and
+    headers, without the body."""
 
     async def endpoint(request: Request) -> Response:
-        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+        if request.method == "HEAD":
+            return await _headers_only(await handlers["GET"](request))
+        return await handlers[request.method](request)
 
-    endpoint.__name__ = "_".join(handler.__name__ for handler in handlers.values())
-    return _to_the_end(Route(path, endpoint, methods=list(handlers)))
-
-
-def _to_the_end(found: Route) -> Route:
+    endpoint.__name__ = "_".join(dict.fromkeys(handler.__name__ for handler in handlers.values()))
+    found = Route(path, endpoint, methods=list(handlers), include_in_schema=include_in_schema)
     # Starlette ends the pattern with `$`, which also matches before a final newline (`/healthz%0A` would be
     # /healthz, `/v1/environments/uat%0A` the environment uat), and the `path` convertor's `.` stops at a newline.
     # To the very end, newlines included: such a name then reaches validation, which refuses it.
     found.path_regex = re.compile(found.path_regex.pattern.removesuffix("$") + r"\Z", re.DOTALL)
     return found
+
+
+async def _headers_only(response: Response) -> Response:
+    # uvicorn sends no body under HEAD, but it runs the response to its end first: an endless stream (/v1/events)
+    # would hold the connection for ever. A stream not yet started has done nothing (subscribed to nothing).
+    if isinstance(response, StreamingResponse):
+        stream = response.body_iterator
+        if isinstance(stream, AsyncGenerator):
+            await stream.aclose()
+        response.body_iterator = _nothing()
+    return response
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    chunks: tuple[bytes, ...] = ()
+    for chunk in chunks:
+        yield chunk
 
 
 async def body(request: Request) -> bytes:

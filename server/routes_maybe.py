@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from .errors import CallMeError, Forbidden, Invalid, NotFound, Unauthorized
-from .http import parts
+from .http import parts, route
 from .model import Role
 from .validation import name as valid_name
 
@@ -16,8 +15,9 @@ _ROLES: dict[str, Role] = {"GET": "read", "POST": "client", "DELETE": "client"}
 
 async def maybe(request: Request) -> Response:
     p = parts(request)
+    method = request.method  # http.route gives HEAD to the GET handler: it answers as GET, without a body
     try:
-        principal = p.keyring.require(request.headers, _ROLES[request.method])
+        principal = p.keyring.require(request.headers, _ROLES["GET" if method == "HEAD" else method])
     except (Unauthorized, Forbidden):
         return Response(status_code=401)
     try:
@@ -25,10 +25,10 @@ async def maybe(request: Request) -> Response:
     except Invalid:
         return Response(status_code=400)
     try:
-        if request.method == "GET":
+        if method in ("GET", "HEAD"):
             free = await p.service.maybe_check(principal, name)
             return Response(status_code=200 if free else 403)
-        if request.method == "POST":
+        if method == "POST":
             await p.service.maybe_acquire(principal, name)
             return Response(status_code=201)
         await p.service.maybe_release(principal, name)
@@ -40,5 +40,9 @@ async def maybe(request: Request) -> Response:
         return Response(status_code=403 if exc.status == 409 else exc.status)
 
 
-# One handler for the three methods: they share the key check and the environment's validation.
-routes = [Route("/maybe", maybe, methods=["GET", "POST", "DELETE"])]
+# One handler for the three methods: they share the key check and the environment's validation. The original
+# answered `/maybe/` as `/maybe` (Starlette would redirect it); it is the same route, left out of the document.
+routes = [
+    route("/maybe", GET=maybe, POST=maybe, DELETE=maybe),
+    route("/maybe/", GET=maybe, POST=maybe, DELETE=maybe, include_in_schema=False),
+]

@@ -170,13 +170,13 @@ def test_the_original_routes_take_any_name(server: ServerProcess, admin: httpx.C
     assert client.get("/maybe", params={"environment": name}).status_code == 403
     assert admin.post("/maybe", params={"environment": name}).status_code == 403
     assert [lease["holder"] for lease in admin.get("/v1/environments/feature%2Flogin").json()["leases"]] == ["ci"]
-    # The slash unencoded in the query, as a hand-written URL has it.
+    # The slash unencoded in the query, as a hand-written URL has it; and the original's `/maybe/`, answered.
     with httpx.Client(base_url=server.url, headers={"X-API-KEY": CLIENT_KEY}) as raw:
-        assert raw.get("/maybe?environment=feature/login").status_code == 403
-        assert raw.delete("/maybe?environment=feature/login").status_code == 204
+        assert raw.get("/maybe/?environment=feature/login").status_code == 403
+        assert raw.delete("/maybe/?environment=feature/login").status_code == 204
     assert admin.get("/v1/environments/feature%2Flogin").json()["leases"] == []
     for other in ("UAT:1", "it's $HOME", "été", "a b"):
-        assert client.post("/maybe", params={"environment": other}).status_code == 201, other
+        assert client.post("/maybe/", params={"environment": other}).status_code == 201, other
         assert admin.get(f"/v1/environments/{in_path(other)}").json()["name"] == other
         assert client.delete("/maybe", params={"environment": other}).status_code == 204
 
