@@ -178,8 +178,9 @@ def _program_name(argv0: str) -> str:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    # `run`'s command is everything after the first `--`, untouched by argparse.
-    if "--" in argv:
+    # `run`'s command is everything after the first `--`, untouched by argparse. For the other commands `--` is
+    # argparse's own: what follows is positional (`env set -- -x` names the environment "-x").
+    if "--" in argv and "run" in argv[: argv.index("--")]:
         split = argv.index("--")
         args = parser.parse_args(argv[:split])
         if args.command == "run":

@@ -287,16 +287,17 @@ def test_env_output_can_be_sourced_and_released_by_lease_and_token(server: Serve
     assert live_leases(server, "uat") == []
 
 
-# Quotes, `$`, backquotes and spaces survive --output env; ".." reaches its own environment, not /v1/.
-@pytest.mark.parametrize("name", ["it's $HOME `id`", "..", "a b/été:1"])
+# Quotes, `$`, backquotes and spaces survive --output env; ".." reaches its own environment, not /v1/; after
+# `--` a name may begin with a dash.
+@pytest.mark.parametrize("name", ["it's $HOME `id`", "..", "a b/été:1", "-dash"])
 def test_any_name_as_argument_flag_and_env_output(server: ServerProcess, tmp_path: Path, name: str) -> None:
     admin = cli_env(server, tmp_path / "admin.json")
     env = cli_env(server, tmp_path / "state.json", key=CLIENT_KEY)
     label = f"pool of {name}"
-    made = call(["env", "set", name, "--slots", "2", "--label", label], admin)
+    made = call(["env", "set", "--slots", "2", "--label", label, "--", name], admin)
     assert made.stdout == f"environment {name}: 2 slots, labels {label}, free\n", made.stderr
 
-    got = call(["request", name, "--output", "env", "--no-wait"], env)
+    got = call(["request", "--output", "env", "--no-wait", "--", name], env)
     assert got.returncode == 0, got.stderr
     shell = subprocess.run(
         ["sh", "-c", 'eval "$0"; printf "%s" "$CALL_ME_ENVIRONMENT"', got.stdout],
@@ -306,18 +307,18 @@ def test_any_name_as_argument_flag_and_env_output(server: ServerProcess, tmp_pat
         check=True,
     )
     assert shell.stdout == name
-    by_label = call(["request", "--label", label, "--no-wait"], env)
+    by_label = call(["request", f"--label={label}", "--no-wait"], env)
     assert by_label.stdout.startswith(f"acquired slot for environment: {name}\n"), by_label.stderr
 
-    status = call(["status", name, "--output", "json"], admin)
+    status = call(["status", "--output", "json", "--", name], admin)
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
     assert (shown["name"], len(shown["leases"])) == (name, 2)
     for _ in range(2):
-        freed = call(["release", name], env)
+        freed = call(["release", "--", name], env)
         assert freed.stdout == f"slot has been freed for environment: {name}\n", freed.stderr
     assert live_leases(server, name) == []
-    assert call(["env", "delete", name], admin).stdout == f"environment {name} deleted\n"
+    assert call(["env", "delete", "--", name], admin).stdout == f"environment {name} deleted\n"
 
 
 @pytest.mark.parametrize(
