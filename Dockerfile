@@ -10,8 +10,10 @@
 # does not need root: use the `server` target, or `docker run --user 10001` on this image.
 
 # Pinned by tag: CPython 3.11 on Debian 12. Not by digest: where no registry is reachable,
-# scripts/podman-setup makes a local stand-in of this image, which has a digest of its own.
-FROM python:3.11-slim-bookworm AS app
+# scripts/podman-setup makes a local stand-in of this image under a name of its own, which the
+# tests pass as --build-arg BASE_IMAGE=...; everyone else builds on the official image.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE} AS app
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,8 +71,11 @@ def _unusable(reason: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def podman() -> Podman:
     env = dict(os.environ)
-    if "CONTAINERS_CONF" not in env and (SETUP_DIR / "env").exists():
-        env["CONTAINERS_CONF"] = str(SETUP_DIR / "containers.conf")
+    if (SETUP_DIR / "env").exists():  # what scripts/podman-setup exported: its config and the base image's name
+        for line in (SETUP_DIR / "env").read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            if name in ("CONTAINERS_CONF", "CALL_ME_BASE_IMAGE") and name not in env:
+                env[name] = shlex.split(value)[0] if value else ""
     if shutil.which("podman") is None:
         _unusable("podman is not installed (scripts/podman-setup installs it)")
     if "CONTAINERS_CONF" not in env:
@@ -90,6 +94,8 @@ def _build(podman: Podman, tag: str, workdir: Path, *extra: str) -> str:
     previous = podman.run("image", "inspect", "--format", "{{.Id}}", tag, check=False)
     iidfile = workdir / "iid"
     # --pull=never: the base image is local (scripts/podman-setup), no registry is asked.
+    # The base: the stand-in scripts/podman-setup made under a name of its own (never the official name).
+    base = podman.env.get("CALL_ME_BASE_IMAGE")
     podman.run(
         "build",
         "--network=host",
@@ -98,6 +104,7 @@ def _build(podman: Podman, tag: str, workdir: Path, *extra: str) -> str:
         str(iidfile),
         "--tag",
         tag,
+        *(("--build-arg", f"BASE_IMAGE={base}") if base else ()),
         *extra,
         str(ROOT),
         timeout=BUILD_TIMEOUT,
