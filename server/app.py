@@ -122,6 +122,7 @@ def create_app(
         app.state.parts = Parts(settings, service, Keyring(settings.keys, no_auth=settings.no_auth))
         watcher = routes_live.attach(app, service, settings, metrics)
         await service.apply_declared([(e.name, e.change) for e in settings.environments])
+        heartbeat = asyncio.create_task(service.heartbeat(), name="callme-heartbeat")
         sweeper = asyncio.create_task(_sweeper(service), name="callme-sweeper")
         pruner = asyncio.create_task(_pruner(service), name="callme-pruner")
         try:
@@ -130,7 +131,7 @@ def create_app(
             service.waiters.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher  # ends the event streams; it sees the waiters closed within 0.1 s
-            for task in (sweeper, pruner):
+            for task in (heartbeat, sweeper, pruner):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -58,6 +58,16 @@ LOG_REPEAT_WINDOW = 1.0
 
 # How often the background task looks for leases and tickets past their deadline.
 SWEEP_INTERVAL = 0.25
+# Time (server/clock.py). The heartbeat beats every PAUSE_BEAT s; a beat PAUSE_THRESHOLD s late means the process
+# was not running (stopped, frozen, its host suspended), and the start-up floor is raised as after a start-up.
+# The threshold is far above any hold-up of a healthy event loop, so that a busy server does not keep putting
+# off its deadlines, and below the margin a holder renewing a short lease (ttl 5 s, every 1.5 s) leaves itself.
+PAUSE_BEAT = 0.25
+PAUSE_THRESHOLD = 2.0
+# A reading of PostgreSQL's clock that moved this much more (or less) than the replica's elapsed time since the
+# last reading is a step, and is taken out. Well below any sensible ticket_grace; far above the drift of a
+# disciplined clock between two readings a fraction of a second apart.
+CLOCK_STEP_TOLERANCE = 0.5
 # Operations that share one SQLite commit at most (group commit): bounds the wait of the last one in a batch.
 MAX_BATCH = 256
 # History (events, ended leases, ended tickets) is kept CALL_ME_HISTORY_DAYS, never less than this: a repeated

@@ -15,7 +15,8 @@ from .model import Environment, Lease, Ticket
 
 @dataclass(frozen=True)
 class Floor:
-    """After a start-up, nothing that existed before it ends before `started_at + grace` (invariant 5)."""
+    """After a start-up, nothing that existed before it ends before `started_at + grace` (invariant 5); a pause the
+    server noticed raises `started_at` to the time it resumed, as a start-up would."""
 
     started_at: float
     grace: float

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .clock import Pauses, Seconds, elapsed
 from .model import Environment, Event, Principal
 from .outcomes import EnvironmentView, Granted, Queued
 from .rules import Floor
@@ -36,13 +37,16 @@ from .waiters import Waiters
 class Service:
     """The lock server's operations, on one store."""
 
-    def __init__(self, store: Store, settings: Settings, secret: ServerSecret | None = None) -> None:
-        """`secret` derives and checks lease tokens and ticket ids (secret.py); without one, a random one of its own."""
-        self._core = core = Core(store, settings, secret)
+    def __init__(
+        self, store: Store, settings: Settings, secret: ServerSecret | None = None, *, elapsed: Seconds = elapsed
+    ) -> None:
+        """`secret` derives and checks lease tokens and ticket ids (secret.py); without one, a random one of its own.
+        `elapsed` is the clock pauses are measured on (clock.Pauses)."""
+        self._core = core = Core(store, settings, secret, elapsed=elapsed)
         # The core's own objects: the app adds listeners, closes the waiters at shutdown, and reads the rest.
         self.store: Store = core.store
         self.settings: Settings = core.settings
-        self.floor: Floor = core.floor
+        self.pauses: Pauses = core.pauses
         self.waiters: Waiters = core.waiters
         self.listeners: list[Listener] = core.listeners  # called with the events of every commit, any replica's
         self._leases = Leasing(core)
@@ -50,6 +54,15 @@ class Service:
         self._admin = Administration(core)
         self._queries = Queries(core)
         self._housekeeping = Housekeeping(core)
+
+    @property
+    def floor(self) -> Floor:
+        """The start-up floor as it stands: raised again after a pause the server noticed."""
+        return self._core.floor
+
+    async def heartbeat(self) -> None:
+        """Beat until cancelled, so that a pause of the whole process is noticed and the floor raised."""
+        await self._core.heartbeat()
 
     # -- leases and tickets -----------------------------------------------------------------------------
 

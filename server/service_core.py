@@ -8,15 +8,18 @@ are delivered from the `Op` of the attempt that committed, once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import rules
-from .constants import WAITED
+from .clock import Pauses, Seconds, elapsed
+from .constants import PAUSE_BEAT, PAUSE_THRESHOLD, WAITED
 from .errors import CallMeError, Unavailable
 from .model import Event, Lease, Ticket
 from .outcomes import Granted, Group, Queued
@@ -50,12 +53,18 @@ class Core:
     """What every group of operations shares: the store, the settings, the server secret, the start-up floor and
     the wake-ups."""
 
-    def __init__(self, store: Store, settings: Settings, secret: ServerSecret | None = None) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, secret: ServerSecret | None = None, *, elapsed: Seconds = elapsed
+    ) -> None:
         self.store = store
         self.settings = settings
         # Derives and checks lease tokens and ticket ids; the server passes the one it opened at start-up.
         self.secret = secret if secret is not None else ServerSecret.generate()
         self.floor = rules.Floor(store.started_at, settings.ticket_grace)
+        # A pause the process notices raises the floor as a start-up does (API.md invariant 5).
+        self.pauses = Pauses(PAUSE_THRESHOLD, elapsed)
+        self._latest = store.started_at  # the latest time an operation of this process started with
+        self._time_lock = threading.Lock()  # operations start on the store's worker threads
         self.waiters = Waiters()
         self.listeners: list[Listener] = []
         store.subscribe(self._committed_elsewhere)
@@ -64,7 +73,7 @@ class Core:
         """Run `fn` in one transaction; after its commit wake the waiters it granted and publish its events."""
 
         def body(tx: Tx) -> tuple[Op, T]:
-            op = Op(now=tx.now())  # afresh for each attempt, so a retried attempt starts from nothing
+            op = Op(now=self._begin(tx))  # afresh for each attempt, so a retried attempt starts from nothing
             result = fn(tx, op)
             op.events = [replace(event, id=tx.add_event(event)) for event in op.events]
             return op, result
@@ -86,6 +95,34 @@ class Core:
         if op.error is not None:
             raise op.error
         return result
+
+    def _begin(self, tx: Tx) -> float:
+        """The operation's time; first, if the process was not running for a while, raise the floor to it."""
+        now = tx.now()
+        with self._time_lock:
+            gap = self.pauses.resumed()
+            if gap:
+                # Everything this process did before the pause was done by the latest time an operation started
+                # with: the floor covers it, even if this operation read the clock just before the pause.
+                at = max(now, self._latest)
+                if at > self.floor.started_at:
+                    self.floor = replace(self.floor, started_at=at)
+                log.warning(
+                    "event=resumed paused_for=%.1fs: the server was not running; no lease or ticket that existed "
+                    "ends before %.0f s from now (ticket_grace), so that its client can come back",
+                    gap, self.floor.started_at + self.floor.grace - now,
+                )  # fmt: skip
+            self._latest = max(self._latest, now)
+        return now
+
+    async def heartbeat(self) -> None:
+        """Beat until cancelled, so that a pause of the whole process is noticed (clock.Pauses)."""
+        try:
+            while True:
+                self.pauses.beat()
+                await asyncio.sleep(PAUSE_BEAT)
+        finally:
+            self.pauses.stop()
 
     def _committed_elsewhere(self, granted: Sequence[str], events: Sequence[Event]) -> None:
         """Another replica committed: wake the waiters it granted, and tell the listeners what happened."""

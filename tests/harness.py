@@ -55,10 +55,11 @@ class Harness:
         grace: float = 10.0,
         settings: Settings | None = None,
         make_store: Callable[[FakeClock], Store] | None = None,
+        clock: FakeClock | None = None,
     ) -> None:
         """On the SQLite file `path`, or on the store that `make_store` makes (a PostgreSQL database)."""
         self.path = str(path)
-        self.clock = FakeClock()
+        self.clock = clock or FakeClock()
         self.settings = settings or Settings(ticket_grace=grace, default_ttl=60, max_ttl=3600)
         self.secret = ServerSecret.generate()  # one for every start: tokens and ticket ids outlive a restart
         self.loop = asyncio.new_event_loop()
@@ -73,7 +74,8 @@ class Harness:
     def start(self) -> None:
         self.store = self.make_store(self.clock)
         self.run(self.store.open())
-        self.service = Service(self.store, self.settings, self.secret)
+        # Pauses are measured on the fake clock too; they are noticed only between beats (clock.Pauses).
+        self.service = Service(self.store, self.settings, self.secret, elapsed=self.clock.now)
 
     def stop(self) -> None:
         assert self.store is not None

@@ -15,7 +15,8 @@ What it models, each line a sentence of docs/api.md:
 - A ticket is abandoned `grace` after its client was last answered; a lease expires at `expires_at`;
   a grant made while its client was away is revoked if not collected within `grace`, and the slot
   passes on. A collected grant is never revoked.
-- After a start-up at S, nothing that existed at S ends before S + grace.
+- After a start-up at S, nothing that existed at S ends before S + grace; the same after a pause the server
+  noticed, with S the time it resumed at.
 - Fences strictly increase in the order of grant.
 - Decisions are taken per connected set of environments (environments sharing labels, docs/api.md
   "Stores"), at the time of the operation that decides them: an operation first applies every
@@ -135,6 +136,10 @@ class QueueModel:
         return deadline
 
     def restart(self, at: float) -> None:
+        self.started_at = at
+
+    def resume(self, at: float) -> None:
+        """A pause the server noticed, resumed at `at`: as after a start-up at `at`."""
         self.started_at = at
 
     # -- who may use what ----------------------------------------------------------------------------

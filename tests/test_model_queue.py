@@ -1,11 +1,11 @@
 """Property-based: the real Service on a real store, and the reference model of docs/api.md, side by side.
 
 Hypothesis drives random steps (acquire, crowds, polls, renewals, releases, leaving, /maybe, clock steps,
-sweeps, slot and maintenance changes, restarts) against both and compares after every step: each answer
-(lease, position or error code), every audit event the step caused (grants, including grants at once,
-expiries, revocations, abandonments), who holds what with which deadlines, who waits, every position,
-and that fences grow. The model (tests/refmodel.py) is written from the contract alone, so the server's
-own rules are never the oracle.
+sweeps, slot and maintenance changes, restarts, pauses of the whole process) against both and compares
+after every step: each answer (lease, position or error code), every audit event the step caused (grants,
+including grants at once, expiries, revocations, abandonments), who holds what with which deadlines, who
+waits, every position, and that fences grow. The model (tests/refmodel.py) is written from the contract
+alone, so the server's own rules are never the oracle.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from callme.server.constants import PAUSE_THRESHOLD
 from callme.server.errors import CallMeError
 from callme.server.model import Event, Principal
 from callme.server.outcomes import Granted, Queued
@@ -282,6 +283,18 @@ class ModelledLockServer(RuleBasedStateMachine):
             lambda: self.h.put(name, slots=slots, maintenance=maintenance),
             lambda grants: (None, self.model.put(self.now, name, grants, slots=slots, maintenance=maintenance)),
         )
+
+    @rule(seconds=st.sampled_from([PAUSE_THRESHOLD + 0.5, 9.5, 15.0]))
+    def pause(self, seconds: float) -> None:
+        """The whole process stops (SIGSTOP, a frozen VM) for `seconds` and runs on: its heartbeat beats late."""
+        pauses = self.h.svc.pauses
+        pauses.beat()
+        self.h.clock.advance(seconds)
+        pauses.beat()
+        pauses.stop()  # no heartbeat between the other steps: their quiet spells are no pauses
+        self.h.run(self.h.svc.environments())  # the next operation notices it, whatever it is
+        self.model.resume(self.now)
+        assert self._events() == []  # noticing a pause by itself ends nothing and grants nothing
 
     @rule()
     def restart(self) -> None:

@@ -24,7 +24,9 @@ each transaction, once per operation (and afresh when an operation runs again af
 `now()`/`statement_timestamp()` would give the same instant there, but clock_timestamp says what is meant:
 the time of the read, not of some earlier start. The read comes before the group's locks, so a decision that
 waited for a lock may be made with a time a few milliseconds before the previous decision's: deadlines then
-fall a little later, never earlier, which is the safe side.
+fall a little later, never earlier, which is the safe side. An event is never recorded at a time before the
+event recorded before it (`add_event`), so the history stays in order all the same. Steps of the database's
+clock are taken out before anything is decided with them (pgclock.py).
 
 Fences and seqs come from sequences (migration 2). The environment rows are locked across a grant, so a later
 grant on an environment draws a later `nextval`: fences strictly increase per environment, without a counter
@@ -69,7 +71,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow, dict_row
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from ..clock import Clock
+from ..clock import Clock, Seconds
+from ..clock import elapsed as _elapsed
 from ..constants import (
     PG_CHANNEL,
     PG_CONNECT_TIMEOUT,
@@ -86,6 +89,7 @@ from ..model import Environment, Event, Lease, Ticket
 from .base import StoreBroken, StoreError, redact
 from .health import WriteHealth
 from .migrations import MIGRATIONS, statements
+from .pgclock import DatabaseClock
 from .rows import (
     ENV_COLUMNS,
     EVENT_COLUMNS,
@@ -117,11 +121,6 @@ _NOTIFY_CHUNK = 100  # ids per NOTIFY: well under PostgreSQL's 8000-byte payload
 _NOTIFY_BYTES = 7000  # what a NOTIFY's payload may reach with the events it carries (PostgreSQL: < 8000)
 _EVENT_FIELDS = [name.strip() for name in EVENT_COLUMNS.split(",")]
 _UNSEEN = object()
-
-_BEGIN = (
-    "SELECT extract(epoch FROM clock_timestamp())::float8 AS now, "
-    "set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
-)
 
 
 class _Conflict(Exception):
@@ -457,8 +456,11 @@ class PostgresTx:
     def add_event(self, event: Event) -> int:
         if not self.recorded:
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
+        # Under the lock every event recorded before this one has committed: its time is never earlier than
+        # theirs, though a transaction on another thread or replica read the clock a little later than this one.
         row = self._one(
-            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES (GREATEST(%s, (SELECT at FROM events ORDER BY id DESC"
+            " LIMIT 1)),%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             event_values(event),
         )
         assert row is not None
@@ -557,11 +559,13 @@ class PostgresStore:
         clock: Clock | None = None,
         connections: int = PG_CONNECTIONS,
         sleep: Callable[[float], None] = time.sleep,
+        elapsed: Seconds | None = None,
     ) -> None:
         self.url = url
         self.listen = listen
-        # Tests only: a FakeClock instead of the database's clock, so that rule-level tests can move time.
-        self._clock = clock
+        # Tests only: a FakeClock instead of the database's clock, so that rule-level tests can move time (and
+        # the elapsed time it is checked against for steps follows it, unless a test gives one of its own).
+        self._clock = DatabaseClock(elapsed or (clock.now if clock is not None else _elapsed), clock)
         # The pause between conflicting attempts; on the worker threads, hence a blocking sleep.
         self._sleep = sleep
         self.recheck_interval: float | None = PG_RECHECK if listen else PG_RECHECK_POLL_ONLY
@@ -673,9 +677,10 @@ class PostgresStore:
         """One attempt: BEGIN, the operation, COMMIT on this thread's connection; rolled back unless committed."""
         conn = self._conn()
         try:
-            row = conn.execute(_BEGIN, self._timeouts).fetchone()
-            assert row is not None
-            tx = PostgresTx(conn, self._clock.now() if self._clock is not None else row["now"])
+            now = self._clock.begin(conn, self._timeouts)
+            if now is None:
+                raise _Conflict("a step of the database's clock was taken out: read it again")
+            tx = PostgresTx(conn, now)
             result = fn(tx)
             if self.listen:
                 tx.publish(self._origin)
@@ -730,13 +735,12 @@ class PostgresStore:
         conn = self._conn()
         try:
             self._migrate(conn)
-            row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS now").fetchone()
+            started_at = self._clock.open(conn)
             conn.commit()
         except psycopg.Error as exc:
             self._rollback(conn)
             raise StoreError(f"cannot prepare the database at {redact(self.url)}: {_reason(exc)}") from exc
-        assert row is not None
-        return self._clock.now() if self._clock is not None else float(row["now"])
+        return started_at
 
     def _migrate(self, conn: Connection) -> None:
         # Replicas starting at once wait here for each other; the lock ends with the transaction.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -25,7 +26,7 @@ from typing import IO, Any, TypeVar
 
 from .. import private
 from ..clock import Clock
-from ..constants import IDENTITY_CHECK_INTERVAL, MAX_BATCH, SCHEMA_VERSION
+from ..constants import CLOCK_STEP_TOLERANCE, IDENTITY_CHECK_INTERVAL, MAX_BATCH, SCHEMA_VERSION
 from ..model import Environment, Event, Lease, Ticket, request_digest
 from .base import StoreBroken, StoreError, StoreLocked
 from .batch import GroupCommit, Job
@@ -50,6 +51,7 @@ from .rows import (
 from .sqlite_file import FileIdentity, HighWaterMark, broken_reason
 
 T = TypeVar("T")
+log = logging.getLogger("callme.store")
 
 
 class SQLiteTx:
@@ -335,6 +337,7 @@ class SQLiteStore:
             self._conn = conn
             self._migrate(conn)
             self._mark.adopt(conn, earlier, allow_new=self._allow_new_database)
+            self._continue_time(conn)
             self._identity = FileIdentity(self.path)
             self._checked_at = time.monotonic()
         except (sqlite3.Error, OSError, StoreError) as exc:
@@ -374,6 +377,23 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _continue_time(self, conn: sqlite3.Connection) -> None:
+        """Never start behind the newest time the database holds: the history stays in order, and a clock set
+        back while the server was stopped (or stepped back while it ran, which its clock ignored) does not give
+        every lease that much more time. The server's clock continues from that time instead."""
+        row = conn.execute(
+            "SELECT max(coalesce((SELECT at FROM events ORDER BY id DESC LIMIT 1), 0),"
+            " coalesce((SELECT max(touched_at) FROM leases WHERE state = 'active'), 0))"
+        ).fetchone()
+        behind = self.clock.not_before(float(row[0]))
+        self.started_at = max(self.started_at, self.clock.now())
+        if behind > CLOCK_STEP_TOLERANCE:
+            log.warning(
+                "event=clock_behind seconds=%.1f: the system clock is behind the newest time in %r; the server's "
+                "clock continues from that time, ahead of the system clock by as much (API.md, invariant 5)",
+                behind, self.path,
+            )  # fmt: skip
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
