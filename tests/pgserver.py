@@ -38,13 +38,23 @@ def available(*, external: bool = True) -> str | None:
 class PostgresServer:
     """A cluster of its own (`start`, `stop`, `restart`), or the external one of CALL_ME_TEST_POSTGRES."""
 
-    def __init__(self, *, durable: bool = False, launcher: Sequence[str] = (), external: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        launcher: Sequence[str] = (),
+        external: bool = True,
+        env: dict[str, str] | None = None,
+        own: bool = False,
+    ) -> None:
         """`durable`: PostgreSQL's own defaults (fsync, synchronous_commit, full_page_writes on) instead of
         none of them; `launcher`: a prefix for the command that starts the server (`taskset -c 0`), which its
-        processes inherit; `external=False` ignores CALL_ME_TEST_POSTGRES."""
-        self.external = (os.environ.get("CALL_ME_TEST_POSTGRES") or None) if external else None
+        processes inherit; `external=False` or `own` ignores CALL_ME_TEST_POSTGRES (a cluster of its own);
+        `env`: more environment variables for the server processes (libfaketime's)."""
+        self.external = None if (own or not external) else (os.environ.get("CALL_ME_TEST_POSTGRES") or None)
         self.durable = durable
         self.launcher = list(launcher)
+        self.env = env
         self.dir: Path | None = None
         self.port = 0
         self.admin_url = self.external or ""
@@ -84,6 +94,7 @@ class PostgresServer:
             check=True,
             capture_output=True,
             timeout=60,
+            env={**os.environ, **self.env} if self.env else None,
         )
 
     def stop(self) -> None:
