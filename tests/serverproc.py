@@ -68,6 +68,10 @@ class ServerProcess:
             config_path.write_text(config)
             self.env["CALL_ME_CONFIG"] = str(config_path)
         self.env.update(env or {})
+        if self.database.startswith(("postgres://", "postgresql://")):
+            # PostgreSQL refuses to start without a secret its replicas share (secret.py); a test that wants the
+            # refusal takes it out again.
+            self.env.setdefault("CALL_ME_SECRET", "a-secret-shared-by-every-test-replica-0123456789")
         self.open_files = open_files  # the (soft, hard) RLIMIT_NOFILE the server starts with
         self.proc: subprocess.Popen[bytes] | None = None
 

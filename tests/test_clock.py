@@ -89,7 +89,7 @@ def test_after_a_pause_nothing_ends_before_the_grace_after_the_resume(h: Harness
     assert [lease.id for lease in h.live_leases()] == [held.lease.id]
     assert [t.seq for t in h.waiting()] == [waiter.ticket.seq]
     h.clock.advance(GRACE - 0.1)
-    renewed = h.run(h.svc.renew(held.lease.id, held.lease.token, None))
+    renewed = h.run(h.svc.renew(held.lease.id, held.token, None))
     assert renewed.lease.expires_at == pytest.approx(h.clock.now() + 5)
     h.clock.advance(5)
     h.run(h.svc.sweep())
@@ -112,7 +112,7 @@ def test_a_server_started_behind_its_history_continues_from_it(h: Harness) -> No
     held = h.acquire(request("uat", ttl=30))
     assert isinstance(held, Granted)
     h.clock.advance(20)
-    h.run(h.svc.renew(held.lease.id, held.lease.token, None))
+    h.run(h.svc.renew(held.lease.id, held.token, None))
     newest = h.clock.now()
     h.stop()
     h.clock.advance(-HOUR)  # the system clock set back an hour while the server was stopped
@@ -206,7 +206,7 @@ def test_the_history_never_runs_backwards_on_postgres(pg_url: str) -> None:
         held = replica.h.acquire(request("uat", ttl=60))
         assert isinstance(held, Granted)
         db_clock.advance(-CLOCK_STEP_TOLERANCE / 2)
-        replica.h.run(replica.h.svc.release(ADMIN, held.lease.id, held.lease.token))
+        replica.h.run(replica.h.svc.release(ADMIN, held.lease.id, held.token))
         times = [e.at for e in replica.h.events()]
         assert times == sorted(times)
         assert _offset(pg_url) == 0.0
