@@ -1,0 +1,92 @@
+"""README's blocks run as written against a real server, so that they cannot rot: the original call-me's
+transcript (each command's status line as README shows it) and the v1 curl section pasted in order.
+
+The only substitutions are the ones README tells its reader to make: the server's address and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+from .serverproc import ADMIN_KEY, ServerProcess
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BOUND = 60
+
+
+def _block_after(heading: str, fence: str) -> str:
+    """The first fenced block of kind `fence` after the `## heading` line."""
+    text = README.read_text()
+    start = text.index(f"\n## {heading}\n")
+    opening = text.index(f"```{fence}\n", start) + len(fence) + 4
+    return text[opening : text.index("```\n", opening)]
+
+
+def _substituted(text: str, server: ServerProcess) -> str:
+    host = server.url.removeprefix("http://")
+    return text.replace("change-me-please", ADMIN_KEY).replace("localhost:8000", host)
+
+
+def test_the_original_transcript_answers_as_readme_shows(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, env={"API_KEY": ADMIN_KEY})
+    server.start()
+    try:
+        lines = _substituted(_block_after("The original call-me, unchanged", "console"), server).splitlines()
+        commands = [(i, line[2:]) for i, line in enumerate(lines) if line.startswith("$ ")]
+        assert len(commands) >= 6, lines
+        environment = dict(os.environ)
+        for i, command in commands:
+            got = subprocess.run(
+                ["bash", "-c", command], env=environment, capture_output=True, text=True, timeout=BOUND
+            )
+            assert got.returncode == 0, (command, got.stderr)
+            if command.startswith("export "):
+                name, _, value = command.removeprefix("export ").partition("=")
+                environment[name] = value
+                continue
+            shown = lines[i + 1]
+            assert got.stdout.splitlines()[0].strip() == shown.strip(), (command, got.stdout)
+    finally:
+        server.stop()
+
+
+def test_the_curl_section_runs_pasted_in_order(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, env={"API_KEY": ADMIN_KEY, "CALL_ME_DATABASE": str(tmp_path / "fresh.db")})
+    server.start()
+    try:
+        # curl as the reader has it, plus a record of every answer's status (README's lines are unchanged).
+        shims = tmp_path / "bin"
+        shims.mkdir()
+        statuses = tmp_path / "statuses"
+        real = subprocess.run(["bash", "-c", "command -v curl"], capture_output=True, text=True).stdout.strip()
+        shim = shims / "curl"
+        shim.write_text(
+            "#!/bin/bash\n"
+            f'out=$({real} -w "\\n%{{http_code}}" "$@")\n'
+            f"echo \"${{out##*$'\\n'}}\" >> {statuses}\n"
+            'printf "%s\\n" "${out%$\'\\n\'*}"\n'
+        )
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+        block = _substituted(_block_after("The v1 API with curl", "sh"), server)
+        env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+        got = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", block], env=env, capture_output=True, text=True, timeout=BOUND
+        )
+        assert got.returncode == 0, (got.stdout, got.stderr)
+        codes = statuses.read_text().split()
+        # Three declarations, the acquire, the waiter's place, a listing, renew, release, the waiter's lease,
+        # a label's lease, leaving (which releases the waiter's lease), the history.
+        assert codes == ["201", "201", "201", "201", "202", "200", "200", "204", "201", "201", "204", "200"], (
+            codes,
+            got.stdout,
+        )
+        assert re.search(r"holding uat: lease l_\S+, fence 1\b", got.stdout), got.stdout
+        assert re.search(r"waiting with ticket t_\S+", got.stdout), got.stdout
+        assert '"holder":"shop#42"' in got.stdout.replace(" ", ""), got.stdout
+        assert "https://staging-" in got.stdout, got.stdout
+    finally:
+        server.stop()
