@@ -128,6 +128,7 @@ SECRET_BYTES = 32
 SECRET_FILE_SUFFIX = ".secret"  # noqa: S105 - a file name, not a password
 
 ADMIN_KEY_NAME = "admin"
+MIN_KEY_LENGTH = 8  # keys of the config file; a shorter API_KEY is warned about
 NO_AUTH_NAME = "anonymous"
 
 ROLES = ("read", "client", "admin")

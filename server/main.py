@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger("callme.server")
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     # Imported once the arguments are read: `--help` answers without loading the server.
     import asyncio
 
+    from .constants import MIN_KEY_LENGTH
     from .errors import ConfigError
     from .logfilter import RepeatLimit
     from .secret import open_secret
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    api_key = os.environ.get("API_KEY") or ""
+    if 0 < len(api_key) < MIN_KEY_LENGTH:
+        # Refused in the config file; API_KEY keeps working as the original's did, but not quietly.
+        log.warning("API_KEY is shorter than %d characters: anyone who can try keys will guess it", MIN_KEY_LENGTH)
     if settings.no_auth:
         log.warning("AUTHENTICATION IS OFF (CALL_ME_NO_AUTH): anyone who reaches this port is an admin")
     log.info("starting on %s:%s with database %s", settings.host, settings.port, redact(settings.database))

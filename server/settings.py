@@ -29,6 +29,7 @@ from .constants import (
     DEFAULT_TTL,
     MAX_PRIORITY,
     MAX_RETENTION_DAYS,
+    MIN_KEY_LENGTH,
     MIN_SECRET_LENGTH,
     NO_AUTH_HOST,
     ROLES,
@@ -166,8 +167,10 @@ def _key(entry: Any, index: int) -> KeyConfig:
     if (key is None) == (key_sha256 is None):
         raise ConfigError(f"{where}: give exactly one of key and key_sha256 (for key {name!r})")
     if key is not None:
-        if not isinstance(key, str) or len(key) < 8:
-            raise ConfigError(f"{where}.key: expected a string of at least 8 characters (for key {name!r})")
+        if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(
+                f"{where}.key: expected a string of at least {MIN_KEY_LENGTH} characters (for key {name!r})"
+            )
         sha = digest(key)
     else:
         if not isinstance(key_sha256, str) or not _SHA256.fullmatch(key_sha256.lower()):

@@ -47,3 +47,14 @@ def test_without_keys_the_server_listens_on_loopback_unless_a_host_is_set() -> N
     assert load({"CALL_ME_NO_AUTH": "true"}).host == "127.0.0.1"
     assert load({"CALL_ME_NO_AUTH": "true", "CALL_ME_HOST": "0.0.0.0"}).host == "0.0.0.0"
     assert load({"API_KEY": "change-me-please"}).host == "0.0.0.0"
+
+
+def test_a_short_api_key_still_works_as_the_originals_did_but_is_warned_about(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, env={"API_KEY": "crj"})
+    server.start()
+    try:
+        with server.client(key="crj") as short:
+            assert short.get("/maybe", params={"environment": "uat"}).status_code == 200
+        assert "API_KEY is shorter than 8 characters" in server.log()
+    finally:
+        server.stop()
