@@ -188,9 +188,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             if not args.cmd:
                 parser.error("run: give the command to run after --")
             return args
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command == "run":
-        parser.error("run: give the command to run after --, as in: run uat -- make test")
+        shown = " ".join([*(a for a in argv if a not in extra), "--", *extra]) if extra else "run uat -- make test"
+        parser.error(f"run: give the command to run after --, as in: {shown}")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 

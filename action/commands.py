@@ -49,6 +49,7 @@ from .views import (
 )
 
 logger = logging.getLogger("callme.cli")
+WAITING_LINE_REPEAT = 60.0  # seconds before an unchanged waiting line is printed again
 
 
 class UsageError(CallMeError):
@@ -132,8 +133,15 @@ _EXIT_CODES: tuple[tuple[type[CallMeError] | tuple[type[CallMeError], ...], Exit
 
 
 def wait_printer(stream: TextIO) -> Callable[[Waiting], None]:
+    """Prints the waiting line when it changes, and the same line again at most once a minute (a sign of life in a
+    CI log): a server restart makes the client ask again and again, with the same answer each time."""
+    last: list[tuple[str, float]] = []
+
     def print_waiting(waiting: Waiting) -> None:
-        print(waiting_line(waiting), file=stream, flush=True)
+        line, now = waiting_line(waiting), time.monotonic()
+        if not last or last[0][0] != line or now - last[0][1] >= WAITING_LINE_REPEAT:
+            print(line, file=stream, flush=True)
+            last[:] = [(line, now)]
 
     return print_waiting
 

@@ -401,3 +401,27 @@ def test_a_granted_request_loads_neither_tenacity_nor_httpx_cli(server: ServerPr
     env = cli_env(server, tmp_path / "state.json")
     assert loaded_by(["request", "uat", "--no-wait"], env) == ["httpcore", "httpx"]
     assert live_leases(server, "uat")  # it did take the lease
+
+
+def test_the_waiting_line_is_printed_when_it_changes_not_at_every_answer() -> None:
+    import io
+
+    from callme.client.commands import wait_printer
+    from callme.client.models import Waiting
+
+    out = io.StringIO()
+    printer = wait_printer(out)
+    first = Waiting(seq=3, position=2, environment="uat", label=None, waited=0.0, holders=())
+    for _ in range(14):  # a server restarting under the waiter: the same answer again and again
+        printer(first)
+    printer(Waiting(seq=3, position=1, environment="uat", label=None, waited=0.0, holders=()))
+    assert out.getvalue().splitlines() == [
+        "waiting for free slot on environment: uat (position 2 in queue)",
+        "waiting for free slot on environment: uat (position 1 in queue)",
+    ]
+
+
+def test_run_without_the_double_dash_says_how_to_write_it(tmp_path: Path) -> None:
+    got = subprocess.run([*CLI, "run", "qa", "echo", "hi"], capture_output=True, text=True, timeout=BOUND)
+    assert got.returncode == 2
+    assert "run: give the command to run after --, as in: run qa -- echo hi" in got.stderr
