@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -26,8 +28,10 @@ from .errors import (
     ConnectError,
     NotFound,
     RequestTimeout,
+    TLSMismatch,
     TransportError,
     UnexpectedResponse,
+    UnknownHost,
 )
 from .models import JSON, Environment, Event, Lease, MalformedAnswer, Waiting
 from .responses import error_from, json_object, parse, parse_item, unexpected
@@ -327,7 +331,8 @@ class Client:
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                raise ConnectError(f"could not connect to {self._shown_url}: {exc}", context=context) from exc
+                kind = _lasting_connect_failure(exc)
+                raise kind(f"could not connect to {self._shown_url}: {exc}", context=context) from exc
             except httpx.TimeoutException as exc:
                 raise RequestTimeout(f"no answer from {self._shown_url} in time", context=context) from exc
             except httpx.TransportError as exc:
@@ -374,3 +379,17 @@ def _without_userinfo(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _lasting_connect_failure(exc: BaseException) -> type[ConnectError]:
+    """UnknownHost or TLSMismatch when the cause will not pass by itself (fail fast), else ConnectError."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror) and cause.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+            return UnknownHost
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return TLSMismatch
+        cause = cause.__cause__ or cause.__context__
+    return ConnectError

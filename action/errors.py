@@ -75,6 +75,22 @@ class ConnectError(TransportError):
     pass
 
 
+class UnknownHost(ConnectError):
+    """The server's name does not resolve at all (not a passing DNS failure): retrying cannot help."""
+
+    retryable = False
+    meaning = "the server's host name is unknown"
+    hint = "check the host in CALL_ME_URL or HOST"
+
+
+class TLSMismatch(ConnectError):
+    """The TLS handshake failed for good: https:// to a plain-http server, or a certificate not trusted."""
+
+    retryable = False
+    meaning = "the TLS handshake with the server failed"
+    hint = "check the scheme of CALL_ME_URL (http:// or https://) and that the server's certificate is trusted"
+
+
 class RequestTimeout(TransportError):
     meaning = "the server or the network is too slow or stuck"
 

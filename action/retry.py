@@ -32,7 +32,7 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 def is_retryable(error: BaseException) -> bool:
     """A failure that may pass by itself: no answer, or a gateway or store that is down."""
     if isinstance(error, TransportError):
-        return True
+        return getattr(error, "retryable", True)  # an unknown host or a TLS mismatch will not heal by itself
     return isinstance(error, APIError) and error.status in RETRYABLE_STATUSES
 
 

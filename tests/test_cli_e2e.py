@@ -425,3 +425,19 @@ def test_run_without_the_double_dash_says_how_to_write_it(tmp_path: Path) -> Non
     got = subprocess.run([*CLI, "run", "qa", "echo", "hi"], capture_output=True, text=True, timeout=BOUND)
     assert got.returncode == 2
     assert "run: give the command to run after --, as in: run qa -- echo hi" in got.stderr
+
+
+def test_what_retrying_cannot_heal_fails_at_once_with_what_to_check(server: ServerProcess, tmp_path: Path) -> None:
+    """An unknown host name and https:// against a plain-http server are not retried for the whole
+    --retry-for: one clear line and exit 5 at once."""
+    https = server.url.replace("http://", "https://")
+    for url, says in (
+        ("http://no-such-host.invalid:8000", "the server's host name is unknown"),
+        (https, "the TLS handshake with the server failed; check the scheme of CALL_ME_URL"),
+    ):
+        env = {**cli_env(server, tmp_path / "state.json"), "CALL_ME_URL": url, "CALL_ME_API_KEY": ADMIN_KEY}
+        started = time.monotonic()
+        got = call(["request", "uat", "--no-wait", "--retry-for", "60"], env)
+        assert got.returncode == 5, got.stderr
+        assert says in got.stderr, got.stderr
+        assert time.monotonic() - started < 30, "retried what cannot heal"
