@@ -97,13 +97,17 @@ class PostgresServer:
             env={**os.environ, **self.env} if self.env else None,
         )
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop`: `fast` ends the open sessions cleanly, `immediate` stops as a crash would (recovery at
+        the next start)."""
         if not self.external and self.dir is not None:
-            self._pg_ctl("stop", "-m", "fast", "-w")
+            self._pg_ctl("stop", "-m", mode, "-w")
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart`: stopped in `mode` and started again at once, on the same port."""
+        if not self.external and self.dir is not None:
+            # -l as for start: the new postmaster must not inherit the pipes that capture pg_ctl's output.
+            self._pg_ctl("restart", "-m", mode, "-w", "-t", "30", "-l", str(self.dir / "log"))
 
     def cleanup(self) -> None:
         if self.dir is not None:

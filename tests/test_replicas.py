@@ -1,30 +1,21 @@
 """Three server replicas on one PostgreSQL, a crowd of clients through random replicas, PostgreSQL restarted
-mid-run; then a history checker over every event of the database.
-
-The checker replays the events table in id order. Every event about an environment is written by a
-transaction that holds that environment's row lock, so per environment (and per label group) id order is
-commit order, which is what the invariants speak of.
-"""
+mid-run; then the history checker (tests/history.py) over every event of the database."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
+from .history import Record, check_history
 from .pgserver import PostgresServer
 from .serverproc import CLIENT_KEY, DEFAULT_CONFIG, ServerProcess
 
@@ -56,19 +47,6 @@ CONFIG = DEFAULT_CONFIG + "".join(
     f'\n[[environments]]\nname = "{name}"\nslots = {slots}\nlabels = {list(labels)!r}\n'.replace("'", '"')
     for name, (slots, labels) in ENVIRONMENTS.items()
 )
-
-
-@dataclass
-class Record:
-    """What the clients saw."""
-
-    operations: Counter[str] = field(default_factory=Counter)
-    granted: list[dict[str, Any]] = field(default_factory=list)  # every 201: lease, fence, environment, when
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, what: str) -> None:
-        with self.lock:
-            self.operations[what] += 1
 
 
 @contextlib.contextmanager
@@ -178,8 +156,7 @@ class Crowd:
                 continue
             if answer.status_code == 201:
                 lease = answer.json()
-                with self.record.lock:
-                    self.record.granted.append({**lease, "asked": asked, "answered": time.monotonic()})
+                self.record.grant(lease, asked=asked, answered=time.monotonic())
                 break
             if answer.status_code == 410:  # the ticket was abandoned, or its grant revoked, while we were away
                 return
@@ -237,65 +214,6 @@ def _restart_postgres(postgres: PostgresServer, procs: list[ServerProcess], reco
     seen["recovered in"] = round(time.monotonic() - seen["starting"], 2)
     seen["not recovered"] = [p.url for p in pending]
     return seen
-
-
-def check_history(url: str, record: Record) -> tuple[int, list[str]]:
-    """Replay every event; returns the number checked and the violations found."""
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        events = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
-        tickets = {t["seq"]: t for t in conn.execute("SELECT * FROM tickets").fetchall()}
-        leases = {x["id"]: x for x in conn.execute("SELECT * FROM leases").fetchall()}
-        envs = {e["name"]: e for e in conn.execute("SELECT name, slots, labels FROM environments").fetchall()}
-    labels = {name: set(json.loads(e["labels"])) for name, e in envs.items()}
-    violations: list[str] = []
-    live: dict[str, set[str]] = defaultdict(set)
-    last_fence: dict[str, int] = {}
-    waiting: dict[int, dict[str, Any]] = {}
-    acquired_leases: Counter[str] = Counter()
-
-    def order(seq: int) -> tuple[int, int]:
-        return (-tickets[seq]["priority"], seq)
-
-    def serves(env: str, t: dict[str, Any]) -> bool:
-        return t["environment"] == env if t["environment"] is not None else t["label"] in labels.get(env, set())
-
-    for e in events:
-        kind, env = e["kind"], e["environment"]
-        if kind == "queued":
-            waiting[e["seq"]] = tickets[e["seq"]]
-        elif kind in ("left", "abandoned"):
-            waiting.pop(e["seq"], None)
-        elif kind == "acquired":
-            acquired_leases[e["lease"]] += 1
-            waiting.pop(e["seq"], None)
-            # 2. queue order: no ticket still waiting that this environment could serve was ahead of it.
-            ahead = [s for s, t in waiting.items() if serves(env, t) and order(s) < order(e["seq"])]
-            if ahead:
-                violations.append(f"event {e['id']}: #{e['seq']} granted {env} while #{ahead} waited ahead")
-            # 3. fences strictly increase per environment.
-            if e["fence"] <= last_fence.get(env, 0):
-                violations.append(f"event {e['id']}: fence {e['fence']} on {env} after {last_fence[env]}")
-            last_fence[env] = e["fence"]
-            # 1. never more holders than slots.
-            live[env].add(e["lease"])
-            if len(live[env]) > envs[env]["slots"]:
-                violations.append(f"event {e['id']}: {len(live[env])} holders on {env} of {envs[env]['slots']} slots")
-        elif kind in ("released", "expired", "revoked"):
-            if e["lease"] not in live[env]:
-                violations.append(f"event {e['id']}: {kind} {e['lease']} on {env}, which was not live")
-            live[env].discard(e["lease"])
-    # 4. every 201 has its lease, with its fence and environment, and one acquired event.
-    for got in record.granted:
-        row = leases.get(got["id"])
-        if row is None or (row["fence"], row["environment"]) != (got["fence"], got["environment"]):
-            violations.append(f"201 for lease {got['id']} ({got['environment']}, fence {got['fence']}) not as stored")
-        elif acquired_leases[got["id"]] != 1:
-            violations.append(f"lease {got['id']} has {acquired_leases[got['id']]} acquired events")
-    # Live leases in the replay are the active rows of the table.
-    active = {x["id"] for x in leases.values() if x["state"] == "active"}
-    if active != set().union(*live.values()):
-        violations.append(f"replayed live leases differ from the table: {sorted(active ^ set().union(*live.values()))}")
-    return len(events), violations
 
 
 def test_replicas_keep_every_invariant_across_a_postgres_restart(
