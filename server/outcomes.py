@@ -35,9 +35,6 @@ class Granted:
     lease: Lease
     environment: Environment
     token: str | None = field(default=None, repr=False)  # derived (secret.py): the lease row holds none
-    # False for a grant made while its request was parked: collected only once the 201 has gone to a client
-    # still connected (until then it is revoked after the grace, as any grant its client did not collect).
-    collected: bool = True
 
 
 @dataclass

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import functools
-import logging
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import render, validation
 from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
-from .errors import CallMeError, Invalid
+from .errors import Invalid
 from .http import body, flag, parts, route
 from .outcomes import Granted
-from .service import Service
-
-log = logging.getLogger("callme.routes")
 
 
 async def acquire(request: Request) -> Response:
@@ -25,11 +20,7 @@ async def acquire(request: Request) -> Response:
     req = validation.acquire(validation.parse_object(await body(request)), p.settings.max_ttl)
     outcome = await p.service.acquire(principal, req, functools.partial(_hung_up, request))
     if isinstance(outcome, Granted):
-        response = render.granted_response(request, outcome)
-        if not outcome.collected:
-            # Run by Starlette once the 201 has been written: the client was there to take it.
-            response.background = BackgroundTask(_collected, p.service, outcome.lease.id)
-        return response
+        return render.granted_response(request, outcome)
     return render.queued_response(request, outcome)
 
 
@@ -38,13 +29,6 @@ async def _hung_up(request: Request) -> None:
     in flight is `http.disconnect`, sent by the server when the connection closes."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def _collected(service: Service, lease_id: str) -> None:
-    try:
-        await service.collected(lease_id)
-    except CallMeError as exc:  # the store is away (or shutting down): the grant is revoked after the grace
-        log.warning("event=collect_failed lease=%s error=%s", lease_id, exc.detail)
 
 
 async def get_lease(request: Request) -> Response:

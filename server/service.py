@@ -73,10 +73,6 @@ class Service:
         returns when the request's client has gone."""
         return await self._leases.acquire(principal, req, hung_up)
 
-    async def collected(self, lease_id: str) -> None:
-        """The 201 of a grant made while its request was parked went to a client still connected."""
-        await self._leases.collected(lease_id)
-
     async def leave(self, principal: Principal, ticket_id: str) -> None:
         """Leave the queue, releasing a lease granted to the ticket meanwhile."""
         await self._leases.leave(principal, ticket_id)

@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -67,6 +67,7 @@ class Core:
         self._time_lock = threading.Lock()  # operations start on the store's worker threads
         self.waiters = Waiters()
         self.listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         store.subscribe(self._committed_elsewhere)
 
     async def run(self, fn: Operation[T]) -> T:
@@ -86,7 +87,10 @@ class Core:
             log.error("event=store_error error=%s", exc)
             raise Unavailable("the store cannot be reached; retry shortly") from exc
         if op.granted:
-            self.waiters.notify(op.granted, op.handed)
+            untaken = self.waiters.notify(op.granted, op.handed)
+            if untaken:
+                # Handed to requests that ended (or whose clients hung up) while this commit was on its way.
+                self._later(self.rearm(untaken))
         for event in op.events:
             log.info("%s", LogLine(event))
         if op.events:
@@ -124,6 +128,38 @@ class Core:
         finally:
             self.pauses.stop()
 
+    async def rearm(self, ticket_ids: Sequence[str]) -> None:
+        """Grants collected by their commit for requests that will not answer with them: their clients must now
+        come for them within the grace, as for a grant made between polls."""
+
+        def fn(tx: Tx, op: Op) -> None:
+            for ticket_id in ticket_ids:
+                ticket = tx.ticket(ticket_id)
+                if ticket is not None:
+                    self.uncollect(tx, op, ticket)
+
+        await self.run(fn)
+
+    def uncollect(self, tx: Tx, op: Op, ticket: Ticket) -> None:
+        """The live lease granted to `ticket`, collected, must be collected again within the grace."""
+        lease = tx.lease(ticket.lease_id) if ticket.lease_id is not None else None
+        if lease is not None and lease.live and lease.collect_by is None:
+            lease.collect_by = op.now + self.settings.ticket_grace
+            tx.update_lease(lease)
+
+    def _later(self, work: Coroutine[object, object, None]) -> None:
+        """Run `work` after the operation that asked for it has answered; a failure is logged, never raised."""
+
+        async def run() -> None:
+            try:
+                await work
+            except CallMeError as exc:
+                log.warning("event=rearm_failed error=%s", exc.detail)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _committed_elsewhere(self, granted: Sequence[str], events: Sequence[Event]) -> None:
         """Another replica committed: wake the waiters it granted, and tell the listeners what happened."""
         self.waiters.notify(granted)
@@ -154,7 +190,7 @@ class Core:
         )  # fmt: skip
 
     def grant(self, tx: Tx, op: Op, ticket: Ticket, env: str, *, collect: bool) -> Lease:
-        """Grant `env` to a waiting ticket; `collect` when its client is between polls and must come for it."""
+        """Grant `env` to a waiting ticket; `collect` when its client must come for it (and is woken to)."""
         lease = Lease(
             id="l_" + secrets.token_hex(10),
             environment=env,
@@ -214,15 +250,19 @@ class Core:
                 waiting.append(ticket)
         counts = Counter(lease.environment for lease in live)
         for ticket, env in rules.schedule(envs, counts, waiting):
-            # Every grant but one answered by this very request must be collected within the grace: a client
-            # parked in a long-poll may have hung up a moment ago. One parked on this process is handed the
-            # lease after the commit (no transaction before its 201); it is collected once that 201 has gone
-            # to a client still connected (Leasing.collected).
-            lease = self.grant(tx, op, ticket, env, collect=ticket.id != immediate)
+            # A grant answered by this very request, or handed to a request of its ticket parked on this process
+            # (its 201 follows this commit, with no transaction between), is collected by this commit: a 201 must
+            # never acknowledge a grant that a crash a moment later would leave to be revoked. Should the parked
+            # request not answer with it after all (its client hung up), the grace is set again then
+            # (Leasing.acquire, Core.rearm). Any other grant goes to a client between polls, or parked on another
+            # replica: it is collected when a request of its ticket comes for it, else revoked after the grace.
+            handed = ticket.id != immediate and self.waiters.parked_here(ticket.id)
+            lease = self.grant(tx, op, ticket, env, collect=ticket.id != immediate and not handed)
             live.append(lease)
-            if ticket.id != immediate and self.waiters.parked_here(ticket.id):
+            if handed:
                 env_of = must(next((e for e in envs if e.name == env), None))
                 op.handed[ticket.id] = Granted(lease, env_of, token=self.secret.token(lease))
+                op.granted.append(ticket.id)
             waiting.remove(ticket)
         return Group(envs, live, waiting)
 

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 from . import rules
 from .constants import AUTO_CREATED
@@ -41,8 +40,9 @@ class Leasing:
         """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant.
 
         `hung_up` returns when the request's client has gone (the ASGI `http.disconnect`): a parked request then
-        stops waiting and its ticket counts as last seen now, so that it is abandoned a grace later (and a grant
-        made meanwhile is revoked then) rather than held for the rest of the wait.
+        stops waiting and its ticket counts as last seen now, so that it is abandoned a grace later; a grant it
+        was handed or found meanwhile is left to be collected within the grace (revoked after it) rather than
+        held by a client that is not there.
         """
         core = self.core
         started = time.monotonic()
@@ -62,16 +62,10 @@ class Leasing:
                 outcome = outcome.compact()
                 # Wake-ups from other replicas are hints: on a shared store, look again now and then anyway.
                 await core.waiters.wait(parked, min(remaining, core.store.recheck_interval or remaining))
-                if parked.gone:
-                    await core.run(functools.partial(self._gone_fn, ticket_id))
-                    break  # nobody reads the answer
-                if isinstance(parked.handed, Granted):
-                    outcome = replace(parked.handed, collected=False)  # from the granting commit itself
-                    break
-                if core.waiters.shutting_down():
-                    # Shutting down: every held long-poll is answered at once with its place, without another
-                    # transaction each (thousands of them would hold up the exit). A grant made a moment ago is
-                    # durable: the ticket collects it when its client comes back.
+                # Shutting down, every held long-poll is answered at once with its place, without another
+                # transaction each (thousands of them would hold up the exit); a grant made a moment ago is
+                # durable, and the ticket finds it when its client comes back.
+                if parked.gone or parked.handed is not None or core.waiters.shutting_down():
                     break
                 left = max(0.0, deadline - time.monotonic())
                 outcome = await core.run(functools.partial(self._poll_fn, ticket_id, left))
@@ -79,6 +73,12 @@ class Leasing:
             core.waiters.unpark(ticket_id, parked)
             if watch is not None:
                 watch.cancel()
+        if parked.gone:  # nobody reads the answer
+            found = isinstance(outcome, Granted) or parked.handed is not None
+            await core.run(functools.partial(self._gone_fn, ticket_id, found))
+        elif isinstance(parked.handed, Granted):
+            # From the granting commit itself, which collected it: also a grant that came as the wait ran out.
+            outcome = parked.handed
         return self._waited(outcome, started)
 
     @staticmethod
@@ -87,23 +87,17 @@ class Leasing:
             outcome.waited = round(time.monotonic() - started, 3)
         return outcome
 
-    def _gone_fn(self, ticket_id: str, tx: Tx, op: Op) -> None:
-        """The client of a parked request hung up: its ticket was last seen now, not at the end of its wait."""
+    def _gone_fn(self, ticket_id: str, found: bool, tx: Tx, op: Op) -> None:
+        """The client of a parked request hung up: its ticket was last seen now, not at the end of its wait, and
+        a grant the request `found` (and collected) must be collected again, by the client coming back."""
         ticket = tx.ticket(ticket_id)
-        if ticket is not None and ticket.state == "waiting" and ticket.seen_at > op.now:
+        if ticket is None:
+            return
+        if ticket.state == "waiting" and ticket.seen_at > op.now:
             ticket.seen_at = op.now
             tx.update_ticket(ticket)
-
-    async def collected(self, lease_id: str) -> None:
-        """A granted lease's 201 went to a client still connected: the grant is collected, never revoked."""
-
-        def fn(tx: Tx, op: Op) -> None:
-            lease = tx.lease(lease_id)
-            if lease is not None and lease.live and lease.collect_by is not None:
-                lease.collect_by = None
-                tx.update_lease(lease)
-
-        await self.core.run(fn)
+        elif found and ticket.state == "granted":
+            self.core.uncollect(tx, op, ticket)
 
     def _acquire(self, tx: Tx, op: Op, principal: Principal, req: AcquireRequest, hold: float) -> Granted | Queued:
         if req.priority > principal.max_priority and principal.role != "admin":
@@ -183,10 +177,10 @@ class Leasing:
         return core.queued(group, ticket)
 
     def _poll_fn(self, ticket_id: str, hold: float, tx: Tx, op: Op) -> Granted | Queued:
-        """A parked request looks again: a grant it finds is collected only once its 201 has gone out."""
-        return self._poll(tx, op, ticket_id, hold, collect=False)
+        """A parked request looks again (woken, or now and then)."""
+        return self._poll(tx, op, ticket_id, hold)
 
-    def _poll(self, tx: Tx, op: Op, ticket_id: str, hold: float, *, collect: bool = True) -> Granted | Queued:
+    def _poll(self, tx: Tx, op: Op, ticket_id: str, hold: float) -> Granted | Queued:
         ticket = tx.ticket(ticket_id)
         if ticket is None or ticket.state in ("left", "abandoned"):
             raise TicketGone("this ticket left the queue or was abandoned; post again without it")
@@ -200,12 +194,12 @@ class Leasing:
             if lease is None or not lease.live:  # a pruned lease ended long ago (service_history.py)
                 state = lease.state if lease is not None else "long ago"
                 raise TicketGone(f"the lease granted to this ticket has ended ({state}); post again without it")
-            if collect and lease.collect_by is not None:  # the client came back for it
+            if lease.collect_by is not None:  # the client came back for it: collected before its 201 goes out
                 lease.collect_by = None
                 tx.update_lease(lease)
             # The token again, as often as asked (API.md): derived anew, since the lease's row holds none.
             env = must(tx.environment(lease.environment))
-            return Granted(lease, env, token=self.core.secret.token(lease), collected=lease.collect_by is None)
+            return Granted(lease, env, token=self.core.secret.token(lease))
         ticket.seen_at = op.now + hold
         tx.update_ticket(ticket)
         return self.core.queued(group, ticket)

@@ -3,7 +3,8 @@ client has gone is noticed at once.
 
 A request holding its ticket open is `Parked` here for as long as it waits. A grant committed on this process
 hands the parked request its lease directly (`notify` with `handed`), so its 201 needs no transaction of its
-own; a grant from another replica, or one made before the request parked, only wakes it to look.
+own (the grant was collected by its commit); a grant from another replica, or one made before the request
+parked, only wakes it to look.
 """
 
 from __future__ import annotations
@@ -38,22 +39,27 @@ class Waiters:
         self._early: dict[str, float] = {}
         self.closed = False
 
-    def notify(self, ticket_ids: Iterable[str], handed: Mapping[str, object] | None = None) -> None:
-        """Wake the requests parked on these tickets; the first request parked on a ticket in `handed` gets
-        that grant to answer with (any other request of the same ticket looks it up)."""
+    def notify(self, ticket_ids: Iterable[str], handed: Mapping[str, object] | None = None) -> list[str]:
+        """Wake the requests parked on these tickets; the first live request parked on a ticket in `handed` gets
+        that grant to answer with (any other request of the same ticket looks it up). Returns the tickets of
+        `handed` whose grant no request took: each ended, or its client hung up, since the grant was decided."""
         now = time.monotonic()
+        untaken: list[str] = []
         for ticket_id in ticket_ids:
             parked = self._parked.get(ticket_id)
+            grant = handed.get(ticket_id) if handed else None
             if parked:
-                grant = handed.get(ticket_id) if handed else None
                 for one in parked:
                     if grant is not None and not one.gone and one.handed is None:
                         one.handed, grant = grant, None
                     one.event.set()
             else:
                 self._early[ticket_id] = now
+            if grant is not None:
+                untaken.append(ticket_id)
         if len(self._early) > 1000:
             self._early = {k: t for k, t in self._early.items() if now - t < _EARLY_GRANT_MEMORY}
+        return untaken
 
     def park(self, ticket_id: str) -> Parked:
         """Register a request holding `ticket_id` open; `unpark` it when it answers."""

@@ -2,8 +2,10 @@
 
 - A waiter parked on this process is handed its lease by the release's own commit: no transaction runs between
   that commit and its answer.
-- A grant counts as collected only once its 201 has gone to a client still connected (or the client came back
-  for it): until then it is revoked after the grace, so a client that hung up never keeps a slot longer.
+- That commit also collects the grant: a 201 never acknowledges a lease that a crash of the server right after
+  it would leave to be revoked (tests/test_pg_kill.py kills the server at that moment). A grant handed to a
+  request whose client has hung up by then goes back to waiting to be collected, so a client that hung up
+  never keeps a slot longer than the grace.
 - A parked request whose client hangs up stops waiting at once, and its ticket is abandoned a grace after the
   hang-up, not a grace after the end of the wait it had asked for.
 """
@@ -19,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 from callme.server.clock import Clock
 from callme.server.outcomes import Granted, Queued
 from callme.server.service import Service
@@ -35,9 +38,7 @@ def _collect_by(path: Path, lease_id: str) -> float | None:
     return row[0] if row else None
 
 
-def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_and_collects_it_once_answered(
-    tmp_path: Path,
-) -> None:
+def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_which_collects_it(tmp_path: Path) -> None:
     async def main() -> None:
         path = tmp_path / "db.sqlite"
         store = SQLiteStore(str(path), Clock())
@@ -53,14 +54,61 @@ def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_and_collects_
             operations: list[int] = []
             service.listeners.append(lambda events: operations.append(store._commits.operations))
             await service.release(ADMIN, held.lease.id, held.token)
+            # Collected by the release's own commit, before the 201 is written: not revocable after it.
+            assert _collect_by(path, parked_lease(path)) is None
             got = await asyncio.wait_for(parked, 5)
             assert isinstance(got, Granted)
             assert store._commits.operations == operations[0], "a transaction ran between the release and the 201"
-            # Not collected yet: the 201 has not been written. Revocable until then, as any grant.
-            assert not got.collected
-            assert _collect_by(path, got.lease.id) is not None
-            await service.collected(got.lease.id)
             assert _collect_by(path, got.lease.id) is None
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def parked_lease(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        (lease_id,) = db.execute("SELECT id FROM leases WHERE state = 'active'").fetchone()
+    return str(lease_id)
+
+
+@pytest.mark.parametrize("when", ["after the grant was decided", "before the commit"])
+def test_a_grant_handed_to_a_request_whose_client_hung_up_must_be_collected_within_the_grace(
+    tmp_path: Path, when: str
+) -> None:
+    """The request does not answer with the grant it was handed: its client must come for it, as for a grant made
+    between polls. Either the request hangs up after the commit handed it the grant, or it was gone by the time
+    the commit came back (a grant decided while it was parked): nobody takes the grant, and it is re-armed."""
+
+    async def main() -> None:
+        path = tmp_path / "db.sqlite"
+        store = SQLiteStore(str(path), Clock())
+        await store.open()
+        service = Service(store, Settings(ticket_grace=60, max_wait=25))
+        try:
+            held = await service.acquire(ADMIN, request("uat"))
+            assert isinstance(held, Granted)
+            gone = asyncio.Event()
+            parked = asyncio.ensure_future(service.acquire(ADMIN, replace(request("uat"), wait=20.0), gone.wait))
+            while service.waiters.parked < 1:
+                await asyncio.sleep(0.01)
+            [ticket_id] = list(service.waiters._parked)
+            if when == "before the commit":
+                # As if it had hung up while the release ran: gone by the time the release's commit hands it out.
+                service.waiters.parked_here = lambda ticket: True  # type: ignore[method-assign]
+                service.waiters._parked[ticket_id][0].hang_up()
+            await service.release(ADMIN, held.lease.id, held.token)
+            if when == "after the grant was decided":
+                service.waiters._parked[ticket_id][0].hang_up()  # before the request reads what it was handed
+            got = await asyncio.wait_for(parked, 5)
+            assert isinstance(got, Queued), "nobody reads this answer"
+            for _ in range(100):  # re-armed by a transaction of its own, after the release's
+                if _collect_by(path, parked_lease(path)) is not None:
+                    break
+                await asyncio.sleep(0.01)
+            collect_by = _collect_by(path, parked_lease(path))
+            assert collect_by is not None
+            assert time.time() + 55 < collect_by < time.time() + 61
         finally:
             await store.close()
 
