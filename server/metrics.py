@@ -178,6 +178,13 @@ class TimedStore:
         finally:
             self._histogram.observe(time.perf_counter() - started)
 
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._store.read(fn)
+        finally:
+            self._histogram.observe(time.perf_counter() - started)
+
     def __getattr__(self, name: str) -> Any:  # a backend's own extras (such as a listen hook)
         return getattr(self._store, name)
 

@@ -9,11 +9,12 @@ are delivered from the `Op` of the attempt that committed, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -79,13 +80,8 @@ class Core:
             op.events = [replace(event, id=tx.add_event(event)) for event in op.events]
             return op, result
 
-        try:
+        with _unavailable():
             op, result = await self.store.transact(body)
-        except StoreBroken as exc:  # the store has said it in the log once; not again for every request
-            raise Unavailable(str(exc)) from exc
-        except StoreError as exc:
-            log.error("event=store_error error=%s", exc)
-            raise Unavailable("the store cannot be reached; retry shortly") from exc
         if op.granted:
             untaken = self.waiters.notify(op.granted, op.handed)
             if untaken:
@@ -127,6 +123,11 @@ class Core:
                 await asyncio.sleep(PAUSE_BEAT)
         finally:
             self.pauses.stop()
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn`, which changes nothing, in a transaction that only reads (Store.read)."""
+        with _unavailable():
+            return await self.store.read(fn)
 
     async def rearm(self, ticket_ids: Sequence[str]) -> None:
         """Grants collected by their commit for requests that will not answer with them: their clients must now
@@ -274,6 +275,18 @@ class Core:
             position=rules.position(group.envs, group.waiting, ticket),
             group=group,
         )
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """A store error as the 503 that answers it."""
+    try:
+        yield
+    except StoreBroken as exc:  # the store has said it in the log once; not again for every request
+        raise Unavailable(str(exc)) from exc
+    except StoreError as exc:
+        log.error("event=store_error error=%s", exc)
+        raise Unavailable("the store cannot be reached; retry shortly") from exc
 
 
 def must(value: T | None) -> T:

@@ -306,6 +306,8 @@ def test_postgres_readiness_follows_the_writes(
         read_only(True)  # as after a fail-over to a standby: every read works, every write fails
         failed = _acquire(c, "during")
         assert failed.status_code == 503, failed.text
+        for path in ("/v1/environments", "/v1/environments/before", "/v1/history"):
+            assert c.get(path).status_code == 200, path
         ready = _readyz(server)
         assert ready.status_code == 503
         assert "read-only" in ready.json()["reason"]

@@ -55,15 +55,18 @@ class DatabaseClock:
         self._fake = fake  # tests only: a FakeClock instead of the database's clock
         self._steps = Steps(CLOCK_STEP_TOLERANCE)
 
-    def begin(self, conn: Connection, timeouts: tuple[str, str]) -> float | None:
+    def begin(self, conn: Connection, timeouts: tuple[str, str], *, read_only: bool = False) -> float | None:
         """The first statement of a transaction: its time, or None when a step was just taken out and committed
-        (the transaction is over: run it again)."""
+        (the transaction is over: run it again). A transaction that only reads cannot take a step out: it goes on
+        with its reading as the offset would make it, and the next transaction that writes takes the step out."""
         before = self._elapsed()
         row = conn.execute(BEGIN, timeouts).fetchone()
         after = self._elapsed()
         assert row is not None
         reading = self._reading(row)
         jump = self._steps.step(reading, before, after)
+        if jump and read_only:
+            return reading - jump
         if jump:
             self._move(conn, row["clock_offset"], -jump, f"the database's clock stepped by {jump:+.1f} s")
             conn.commit()

@@ -207,6 +207,9 @@ class PostgresTx:
     _GROUP_OF_ONE = _GROUP_WALK.format(
         start="SELECT 'e'::text, name FROM environments WHERE name = %(name)s", columns=ENV_COLUMNS
     )
+    # The same without the lock, for a transaction that only reads (Store.read).
+    _GROUP_SEEN = _GROUP.replace("FOR UPDATE OF environments", "")
+    _GROUP_OF_ONE_SEEN = _GROUP_OF_ONE.replace("FOR UPDATE OF environments", "")
     # Two lookups, each through its partial index on the waiting tickets, rather than one OR that reads them
     # all; the second leaves out what the first found.
     _WAITING = f"""
@@ -217,9 +220,10 @@ class PostgresTx:
         ORDER BY seq
     """
 
-    def __init__(self, conn: Connection, now: float) -> None:
+    def __init__(self, conn: Connection, now: float, *, read_only: bool = False) -> None:
         self._conn = conn
         self._now = now
+        self._read_only = read_only
         self._locked: set[str] = set()
         self._groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # group() -> names, while locked
         # What this transaction last read or wrote of each row it may write back (for compare-and-set).
@@ -273,6 +277,9 @@ class PostgresTx:
         sql = self._GROUP
         if len(params["names"]) == 1 and not params["labels"]:
             sql, values = self._GROUP_OF_ONE, {"name": params["names"][0]}
+        if self._read_only:  # a snapshot: one walk sees one state, and nothing may be locked
+            unlocked = self._GROUP_SEEN if sql is self._GROUP else self._GROUP_OF_ONE_SEEN
+            return [self._seen_env(env_from(r)) for r in self._all(unlocked, values)]
         for _ in range(_GROUP_ROUNDS):
             envs = [env_from(r) for r in self._all(sql, values)]
             found = [env.name for env in envs]
@@ -657,32 +664,37 @@ class PostgresStore:
 
     # -- transactions -----------------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[[PostgresTx], T]) -> T:
+    def _run(self, fn: Callable[[PostgresTx], T], read_only: bool = False) -> T:
         reconnected = False
 
         def attempt() -> T:
             nonlocal reconnected
             try:
-                return self._transaction(fn)
+                return self._transaction(fn, read_only)
             except _ConnectionLost:
                 if reconnected:
                     raise
                 # Found dead (PostgreSQL restarted since its last use): nothing was committed, run again, once.
                 reconnected = True
-                return self._transaction(fn)
+                return self._transaction(fn, read_only)
 
         return retry_conflicts(attempt, sleep=self._sleep)
 
-    def _transaction(self, fn: Callable[[PostgresTx], T]) -> T:
+    def _transaction(self, fn: Callable[[PostgresTx], T], read_only: bool = False) -> T:
         """One attempt: BEGIN, the operation, COMMIT on this thread's connection; rolled back unless committed."""
         conn = self._conn()
         try:
-            now = self._clock.begin(conn, self._timeouts)
+            if read_only:
+                # One snapshot for every statement, so that a read sees one state without locking what decisions
+                # lock (it neither waits for them nor holds them up), and READ ONLY, so that a database that
+                # refuses writes (a standby after a fail-over) still serves it.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            now = self._clock.begin(conn, self._timeouts, read_only=read_only)
             if now is None:
                 raise _Conflict("a step of the database's clock was taken out: read it again")
-            tx = PostgresTx(conn, now)
+            tx = PostgresTx(conn, now, read_only=read_only)
             result = fn(tx)
-            if self.listen:
+            if self.listen and not read_only:
                 tx.publish(self._origin)
         except BaseException as exc:
             lost = conn.broken or conn.closed
@@ -698,10 +710,16 @@ class PostgresStore:
         return result
 
     async def transact(self, fn: Callable[[PostgresTx], T]) -> T:
+        return await self._submit(fn, False)
+
+    async def read(self, fn: Callable[[PostgresTx], T]) -> T:
+        return await self._submit(fn, True)
+
+    async def _submit(self, fn: Callable[[PostgresTx], T], read_only: bool) -> T:
         if self._health.broken is not None:
             raise StoreBroken(self._health.broken)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn, read_only)
         except StoreBroken:
             raise
         except StoreError as exc:

@@ -486,6 +486,10 @@ class SQLiteStore:
     async def transact(self, fn: Callable[[SQLiteTx], T]) -> T:
         return await self._commits.submit(fn)
 
+    async def read(self, fn: Callable[[SQLiteTx], T]) -> T:
+        # The one writer's transactions read the state the last one committed; a read changes nothing in its batch.
+        return await self._commits.submit(fn)
+
     async def readiness(self) -> str | None:
         conn = self._conn
         if conn is None:
