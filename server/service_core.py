@@ -126,8 +126,13 @@ class Core:
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn`, which changes nothing, in a transaction that only reads (Store.read)."""
+
+        def body(tx: Tx) -> T:
+            self._begin(tx)  # a read is an operation too: the first after a pause notices it
+            return fn(tx)
+
         with _unavailable():
-            return await self.store.read(fn)
+            return await self.store.read(body)
 
     async def rearm(self, ticket_ids: Sequence[str]) -> None:
         """Grants collected by their commit for requests that will not answer with them: their clients must now

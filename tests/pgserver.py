@@ -107,7 +107,7 @@ class PostgresServer:
         """`pg_ctl restart`: stopped in `mode` and started again at once, on the same port."""
         if not self.external and self.dir is not None:
             # -l as for start: the new postmaster must not inherit the pipes that capture pg_ctl's output.
-            self._pg_ctl("restart", "-m", mode, "-w", "-t", "30", "-l", str(self.dir / "log"))
+            self._pg_ctl("restart", "-m", mode, "-w", "-t", "30", "-l", str(self.dir / "log"), launcher=self.launcher)
 
     def cleanup(self) -> None:
         if self.dir is not None:

@@ -178,6 +178,26 @@ def test_a_step_of_the_database_clock_is_taken_out_once_by_every_replica(pg_url:
         two.h.close()
 
 
+def test_a_step_first_seen_by_a_read_is_taken_out_by_the_next_write(pg_url: str) -> None:
+    """A read runs in a read-only transaction (Store.read), which cannot move the shared offset: it answers all the
+    same, and the next operation that writes takes the step out."""
+    db_clock, elapsed = FakeClock(), FakeClock(50.0)
+    one = _Replica(pg_url, db_clock, elapsed)
+    try:
+        held = one.h.acquire(request("uat", ttl=60))
+        assert isinstance(held, Granted)
+        db_clock.advance(1)
+        elapsed.advance(1)
+        db_clock.advance(HOUR)
+        assert one.h.run(one.h.svc.lease(held.lease.id)).lease.state == "active"
+        assert _offset(pg_url) == 0.0
+        one.h.run(one.h.svc.sweep())
+        assert _offset(pg_url) == pytest.approx(-HOUR)
+        assert [lease.id for lease in one.h.live_leases()] == [held.lease.id]
+    finally:
+        one.h.close()
+
+
 def test_a_replica_never_starts_behind_the_history(pg_url: str) -> None:
     db_clock, elapsed = FakeClock(), FakeClock(50.0)
     first = _Replica(pg_url, db_clock, elapsed)
