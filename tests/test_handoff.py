@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,17 @@ from .harness import ADMIN, request
 from .serverproc import ADMIN_KEY, ServerProcess
 
 
+@contextlib.asynccontextmanager
+async def _service(path: Path) -> AsyncIterator[tuple[SQLiteStore, Service]]:
+    """A service on its own SQLite file, as the server runs it (a grace of 60 s, long-polls held up to 25 s)."""
+    store = SQLiteStore(str(path), Clock())
+    await store.open()
+    try:
+        yield store, Service(store, Settings(ticket_grace=60, max_wait=25))
+    finally:
+        await store.close()
+
+
 def _collect_by(path: Path, lease_id: str) -> float | None:
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT collect_by FROM leases WHERE id = ?", (lease_id,)).fetchone()
@@ -41,10 +54,7 @@ def _collect_by(path: Path, lease_id: str) -> float | None:
 def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_which_collects_it(tmp_path: Path) -> None:
     async def main() -> None:
         path = tmp_path / "db.sqlite"
-        store = SQLiteStore(str(path), Clock())
-        await store.open()
-        service = Service(store, Settings(ticket_grace=60, max_wait=25))
-        try:
+        async with _service(path) as (store, service):
             held = await service.acquire(ADMIN, request("uat"))
             assert isinstance(held, Granted)
             parked = asyncio.ensure_future(service.acquire(ADMIN, replace(request("uat"), wait=20.0)))
@@ -60,8 +70,6 @@ def test_a_parked_waiter_is_handed_its_lease_by_the_release_commit_which_collect
             assert isinstance(got, Granted)
             assert store._commits.operations == operations[0], "a transaction ran between the release and the 201"
             assert _collect_by(path, got.lease.id) is None
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -82,10 +90,7 @@ def test_a_grant_handed_to_a_request_whose_client_hung_up_must_be_collected_with
 
     async def main() -> None:
         path = tmp_path / "db.sqlite"
-        store = SQLiteStore(str(path), Clock())
-        await store.open()
-        service = Service(store, Settings(ticket_grace=60, max_wait=25))
-        try:
+        async with _service(path) as (_store, service):
             held = await service.acquire(ADMIN, request("uat"))
             assert isinstance(held, Granted)
             gone = asyncio.Event()
@@ -109,8 +114,6 @@ def test_a_grant_handed_to_a_request_whose_client_hung_up_must_be_collected_with
             collect_by = _collect_by(path, parked_lease(path))
             assert collect_by is not None
             assert time.time() + 55 < collect_by < time.time() + 61
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -120,10 +123,7 @@ def test_a_parked_request_whose_client_hangs_up_stops_waiting_and_its_ticket_is_
 ) -> None:
     async def main() -> None:
         path = tmp_path / "db.sqlite"
-        store = SQLiteStore(str(path), Clock())
-        await store.open()
-        service = Service(store, Settings(ticket_grace=60, max_wait=25))
-        try:
+        async with _service(path) as (_store, service):
             held = await service.acquire(ADMIN, request("uat"))
             assert isinstance(held, Granted)
             gone = asyncio.Event()
@@ -139,8 +139,6 @@ def test_a_parked_request_whose_client_hangs_up_stops_waiting_and_its_ticket_is_
                 (seen_at,) = db.execute("SELECT seen_at FROM tickets WHERE id = ?", (got.ticket.id,)).fetchone()
             # Last seen at the hang-up, not 20 s later at the end of the wait it had asked for.
             assert hung_up_at - 1 < seen_at < hung_up_at + 1
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
