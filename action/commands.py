@@ -25,6 +25,7 @@ from .errors import (
     Invalid,
     LeaseGone,
     LeaseLost,
+    NoRoute,
     NotFound,
     NotGranted,
     TooLarge,
@@ -127,7 +128,7 @@ _EXIT_CODES: tuple[tuple[type[CallMeError] | tuple[type[CallMeError], ...], Exit
     (TransportError, ExitCode.UNREACHABLE),
     ((Unauthorized, Forbidden, WrongToken), ExitCode.NOT_ALLOWED),
     ((NotFound, Gone), ExitCode.GONE),
-    ((ConfigError, UsageError, Invalid, TooLarge), ExitCode.USAGE),
+    ((ConfigError, UsageError, Invalid, TooLarge, NoRoute), ExitCode.USAGE),
     (LeaseLost, ExitCode.LEASE_LOST),
 )
 
@@ -157,7 +158,7 @@ def request(ctx: Context) -> int:
     started = time.monotonic()
     with ctx.client() as client:
         lease = client.acquire(args.environment, on_wait=wait_printer(human), **ctx.acquire_options())
-    waited = time.monotonic() - started
+    waited = lease.waited(time.monotonic() - started)
     ctx.remember(lease)
     print_acquired(human, lease, waited)
     if args.output == "json":

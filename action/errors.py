@@ -11,6 +11,7 @@
     │   ├── Forbidden             403 forbidden
     │   ├── WrongToken            403 wrong_token
     │   ├── NotFound              404 not_found
+    │   ├── NoRoute               404 for a path that has no route: the URL is wrong, not the name
     │   ├── NotGranted            409, and `queue` was false (.holders)
     │   │   ├── Busy              409 busy
     │   │   └── Maintenance       409 maintenance
@@ -112,8 +113,17 @@ class APIError(CallMeError):
         self.status = status
         self.code = code if code is not None else self.default_code
         self.detail = detail
-        label = f"{status} {self.code}".strip()
-        super().__init__(f"{detail or 'no detail given'} [{label}]", context=context)
+        super().__init__(self._labelled(detail), context=context)
+
+    def _labelled(self, detail: str) -> str:
+        label = f"{self.status} {self.code}".strip()
+        return f"{detail or 'no detail given'} [{label}]"
+
+    def describe(self, detail: str, *, meaning: bool = True) -> str:
+        """This error as `str()` shows it, with `detail` in place of the server's (a part of it, or our words)."""
+        where = _describe(self.context)
+        text = self._labelled(detail) + (f" ({where})" if where else "")
+        return f"{text}; {self.meaning}" if meaning and self.meaning else text
 
 
 class Unauthorized(APIError):
@@ -138,6 +148,14 @@ class NotFound(APIError):
     default_code = "not_found"
     meaning = "it does not exist on this server"
     hint = "check the name with `call-me status`"
+
+
+class NoRoute(APIError):
+    """A 404 for the route itself (not for a name): the URL's path is not the server's root, or it is not
+    call-me answering at all (a proxy's own 404)."""
+
+    meaning = "the URL does not lead to a call-me server's API"
+    hint = "check CALL_ME_URL (or HOST, --url): the server's root, with no path, e.g. https://callme.example.com"
 
 
 class NotGranted(APIError):

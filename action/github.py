@@ -168,7 +168,7 @@ def acquire_step(workflow: Workflow) -> int:
     except Terminated as exc:
         workflow.print("call-me: cancelled while waiting; left the queue")
         return 128 + exc.signum
-    waited = time.monotonic() - started
+    waited = lease.waited(time.monotonic() - started)
     return _granted(workflow, inputs, lease, waited)
 
 

@@ -35,6 +35,8 @@ class Lease:
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     properties: Mapping[str, str] = dataclasses.field(default_factory=dict)
     token: str | None = dataclasses.field(default=None, repr=False)
+    # Only in an acquire's answer: how long its request waited in the queue, as the server measured it.
+    queued_for: float | None = None
 
     @classmethod
     def from_json(cls, data: JSON) -> Lease:
@@ -50,7 +52,12 @@ class Lease:
             metadata=dict(data.get("metadata") or {}),
             properties={str(k): str(v) for k, v in (data.get("properties") or {}).items()},
             token=data.get("token"),
+            queued_for=_seconds(data.get("queued_for")),
         )
+
+    def waited(self, measured_here: float) -> float:
+        """The queue time the server measured (a grant at once: 0), else what the client measured."""
+        return self.queued_for if self.queued_for is not None else measured_here
 
     def with_token(self, token: str | None) -> Lease:
         return dataclasses.replace(self, token=token)
@@ -67,6 +74,8 @@ class Waiting:
     waited: float
     holders: tuple[Lease, ...]
     ticket: str = dataclasses.field(repr=False, default="")
+    # The environments it could use that are in maintenance, each with its note: why a free slot is not granted.
+    maintenance: tuple[tuple[str, str | None], ...] = ()
 
     @classmethod
     def from_json(cls, data: JSON) -> Waiting:
@@ -78,6 +87,11 @@ class Waiting:
             waited=float(data.get("waited") or 0.0),
             holders=tuple(Lease.from_json(h) for h in data.get("holders") or ()),
             ticket=_required(data, "ticket", str),
+            maintenance=tuple(
+                (str(m["environment"]), str(m["note"]) if m.get("note") else None)
+                for m in data.get("maintenance") or ()
+                if isinstance(m, dict) and isinstance(m.get("environment"), str)
+            ),
         )
 
 
@@ -183,3 +197,10 @@ def _required(data: JSON, key: str, kind: type[_T]) -> _T:
     if not isinstance(value, kind):
         raise MalformedAnswer(f"the answer has no {kind.__name__} {key!r}")
     return value
+
+
+def _seconds(value: object) -> float | None:
+    """A duration the server sent (a number), or None when it sent none (an older server)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return max(0.0, float(value))

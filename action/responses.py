@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .errors import APIError, NotGranted, UnexpectedResponse, error_class
+from .errors import APIError, NoRoute, NotGranted, UnexpectedResponse, error_class
 from .models import JSON, Lease, MalformedAnswer
 
 _T = TypeVar("_T")
@@ -53,6 +53,10 @@ def error_from(response: httpx.Response, context: Mapping[str, object]) -> APIEr
     code = body.get("code") if isinstance(body.get("code"), str) else None
     detail = str(body.get("detail") or body.get("title") or response.reason_phrase or "")
     cls = error_class(response.status_code, code)
+    if response.status_code == 404 and (code is None or detail.startswith("no route ")):
+        # Our server names a missing thing with `not_found` and its name; "no route" (or no problem document
+        # at all) means the request never reached a route: a wrong --url, not a wrong name.
+        cls = NoRoute
     if issubclass(cls, NotGranted):
         holders = _holders(body.get("holders"))
         return cls(response.status_code, detail, code=code, context=context, holders=holders)

@@ -71,7 +71,7 @@ def run_command(ctx: Context) -> int:
         try:
             with hold(client, args.environment, on_wait=wait_printer(sys.stderr), **ctx.acquire_options()) as held:
                 forwarder.install()
-                print_acquired(sys.stderr, held.lease, time.monotonic() - started)
+                print_acquired(sys.stderr, held.lease, held.lease.waited(time.monotonic() - started))
                 code = _run_child(args.cmd, _child_environment(held.lease), forwarder, ctx.prog)
         except LeaseLost as exc:
             print(f"{ctx.prog}: {describe(exc)}", file=sys.stderr)

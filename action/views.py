@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from .errors import CallMeError, NotGranted, WaitTimeout
+from .errors import APIError, CallMeError, NotGranted, WaitTimeout
 from .format import clock_time, rfc3339, table
 from .models import Environment, Event, Lease, Waiting
 
@@ -36,6 +36,10 @@ def waiting_line(waiting: Waiting) -> str:
     else:
         target = f"environment: {waiting.environment}"
     details = [f"position {waiting.position} in queue"] if waiting.position else []
+    if waiting.maintenance:
+        details.append(
+            "in maintenance: " + ", ".join(f"{name} ({note})" if note else name for name, note in waiting.maintenance)
+        )
     if waiting.holders:
         details.append(holders_text(waiting.holders))
     suffix = f" ({'; '.join(details)})" if details else ""
@@ -45,13 +49,23 @@ def waiting_line(waiting: Waiting) -> str:
 def describe(error: CallMeError, *, hint: Callable[[CallMeError], str] | None = None) -> str:
     """One line: what happened, what it means (and who holds the slot), what to do.
 
-    What to do is the error's own hint unless `hint` gives the caller's (the Action names its inputs).
+    What to do is the error's own hint unless `hint` gives the caller's (the Action names its inputs). A server's
+    detail often ends with advice for HTTP callers (`?force=true`, "join the queue"): where there is advice of our
+    own, only the detail's first clause (the fact) is kept, so that a line never gives two pieces of advice.
     """
-    text = str(error)
-    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
-    if holders:
-        text += f"; {holders_text(holders)}"
     advice = error.hint if hint is None else hint(error)
+    holders = error.holders if isinstance(error, NotGranted | WaitTimeout) else ()
+    if isinstance(error, APIError):
+        if isinstance(error, NotGranted) and holders:
+            # The detail names the first holder too: say who holds it once, with since/until for each.
+            text = error.describe(f"{error.meaning}: {holders_text(holders)}", meaning=False)
+        else:
+            fact = error.detail.split("; ", 1)[0] if advice else error.detail
+            text = error.describe(fact)
+    else:
+        text = str(error)
+        if holders:
+            text += f"; {holders_text(holders)}"
     return f"{text}; {advice}" if advice else text
 
 

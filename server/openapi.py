@@ -134,8 +134,13 @@ def _schemas() -> dict[str, Schema]:
         "seq": _or_null(_integer(1)),
         "properties": _STRING_MAP,
         "token": _string(1, description="the secret of the lease; only in the 201 answer to its acquirer"),
+        "queued_for": {
+            "type": "number",
+            "minimum": 0,
+            "description": "only in a 201: seconds its request waited in the queue, server-measured (0: at once)",
+        },
     }
-    lease = _object(lease_fields, required=tuple(f for f in lease_fields if f != "token"))
+    lease = _object(lease_fields, required=tuple(f for f in lease_fields if f not in ("token", "queued_for")))
     queue_entry = _object(
         {
             "seq": _integer(1),
@@ -164,7 +169,7 @@ def _schemas() -> dict[str, Schema]:
         ),
         "Lease": lease,
         "PublicLease": {"allOf": [_ref("Lease"), {"not": {"required": ["token"]}}]},
-        "GrantedLease": {"allOf": [_ref("Lease"), {"required": ["token"]}]},
+        "GrantedLease": {"allOf": [_ref("Lease"), {"required": ["token", "queued_for"]}]},
         "Queued": _object(
             {
                 "ticket": _string(1, description="secret; come back with it in `ticket`"),
@@ -174,6 +179,11 @@ def _schemas() -> dict[str, Schema]:
                 "label": _or_null(_NAME),
                 "waited": {"type": "number", "minimum": 0},
                 "holders": {"type": "array", "items": _ref("PublicLease")},
+                "maintenance": {
+                    "type": "array",
+                    "description": "the environments this request could use that are in maintenance (grant nothing)",
+                    "items": _object({"environment": _NAME, "note": _or_null(_string())}),
+                },
             }
         ),
         "QueueEntry": queue_entry,

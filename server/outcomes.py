@@ -35,6 +35,8 @@ class Granted:
     lease: Lease
     environment: Environment
     token: str | None = field(default=None, repr=False)  # derived (secret.py): the lease row holds none
+    # Seconds its ticket waited in the queue before this grant, as the server measured it (0 for a grant at once).
+    queued_for: float = 0.0
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from . import rules
 from .errors import CallMeError
 from .model import Environment, Event, Lease
 from .outcomes import EnvironmentView, Granted, Queued
@@ -60,6 +61,12 @@ def queued_json(queued: Queued) -> dict[str, Any]:
         "label": ticket.label,
         "waited": queued.waited,
         "holders": holders_json(queued.group.holders(ticket), queued.group.envs),
+        # Why a slot that is free may still not be granted: the usable environments in maintenance, with notes.
+        "maintenance": [
+            {"environment": e.name, "note": e.note}
+            for e in queued.group.envs
+            if e.maintenance and rules.can_serve(e, ticket)
+        ],
     }
 
 
@@ -149,7 +156,9 @@ def granted_response(request: Request, granted: Granted) -> Response:
         ]
         pairs += [(property_variable(k), v) for k, v in sorted(env.properties.items())]
         return PlainTextResponse(_lines(pairs), status_code=201, headers=headers)
-    return JSONResponse(lease_json(lease, env, token=token), status_code=201, headers=headers)
+    body = lease_json(lease, env, token=token)
+    body["queued_for"] = round(granted.queued_for, 3)
+    return JSONResponse(body, status_code=201, headers=headers)
 
 
 def queued_response(request: Request, queued: Queued) -> Response:

@@ -267,7 +267,8 @@ class Core:
             live.append(lease)
             if handed:
                 env_of = must(next((e for e in envs if e.name == env), None))
-                op.handed[ticket.id] = Granted(lease, env_of, token=self.secret.token(lease))
+                queued_for = max(0.0, op.now - ticket.enqueued_at)
+                op.handed[ticket.id] = Granted(lease, env_of, token=self.secret.token(lease), queued_for=queued_for)
                 op.granted.append(ticket.id)
             waiting.remove(ticket)
         return Group(envs, live, waiting)

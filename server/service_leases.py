@@ -199,7 +199,8 @@ class Leasing:
                 tx.update_lease(lease)
             # The token again, as often as asked (API.md): derived anew, since the lease's row holds none.
             env = must(tx.environment(lease.environment))
-            return Granted(lease, env, token=self.core.secret.token(lease))
+            queued_for = max(0.0, lease.acquired_at - ticket.enqueued_at)
+            return Granted(lease, env, token=self.core.secret.token(lease), queued_for=queued_for)
         ticket.seen_at = op.now + hold
         tx.update_ticket(ticket)
         return self.core.queued(group, ticket)

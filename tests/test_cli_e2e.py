@@ -441,3 +441,63 @@ def test_what_retrying_cannot_heal_fails_at_once_with_what_to_check(server: Serv
         assert got.returncode == 5, got.stderr
         assert says in got.stderr, got.stderr
         assert time.monotonic() - started < 30, "retried what cannot heal"
+
+
+def test_no_wait_names_the_holder_once_with_one_piece_of_advice(server: ServerProcess, tmp_path: Path) -> None:
+    assert call(["request", "uat", "--holder", "deployer"], cli_env(server, tmp_path / "a.json")).returncode == 0
+    got = call(["request", "uat", "--no-wait"], cli_env(server, tmp_path / "b.json"))
+    assert got.returncode == 3
+    assert got.stderr.count("deployer") == 1, got.stderr
+    assert "join the queue" not in got.stderr, got.stderr  # the server's advice to HTTP callers
+    assert got.stderr.rstrip().endswith("wait for it (leave out --no-wait) or pick another environment"), got.stderr
+
+
+def test_env_delete_in_use_advises_the_flag_not_the_query(server: ServerProcess, tmp_path: Path) -> None:
+    env = cli_env(server, tmp_path / "state.json")
+    assert call(["request", "uat"], env).returncode == 0
+    got = call(["env", "delete", "uat"], env)
+    assert got.returncode == 1
+    assert "?force=true" not in got.stderr, got.stderr
+    assert "--force" in got.stderr
+    assert "1 live lease" in got.stderr  # the fact stays
+
+
+def test_a_url_with_a_wrong_path_says_to_fix_the_url(server: ServerProcess, tmp_path: Path) -> None:
+    env = {**cli_env(server, tmp_path / "state.json"), "CALL_ME_URL": server.url + "/call-me"}
+    got = call(["request", "uat", "--no-wait"], env)
+    assert got.returncode == 2, got.stderr
+    assert len(got.stderr.splitlines()) == 1, got.stderr
+    assert "call-me status" not in got.stderr  # not a wrong name
+    assert "check CALL_ME_URL" in got.stderr, got.stderr
+
+
+def test_the_waiting_line_says_which_environment_is_in_maintenance(
+    server: ServerProcess, tmp_path: Path, start: Spawner
+) -> None:
+    env = cli_env(server, tmp_path / "admin.json")
+    assert call(["env", "set", "uat", "--slots", "1"], env).returncode == 0
+    assert call(["env", "maintenance", "uat", "on", "--note", "db upgrade"], env).returncode == 0
+    waiter = start(["request", "uat", "--holder", "w"], cli_env(server, tmp_path / "w.json"))
+    line = first_line(waiter)
+    assert "in maintenance: uat (db upgrade)" in line, line
+    assert call(["env", "maintenance", "uat", "off"], env).returncode == 0
+    waiter.wait(BOUND)
+    assert waiter.returncode == 0
+
+
+def test_waited_is_the_queue_time_the_server_measured(server: ServerProcess, tmp_path: Path, start: Spawner) -> None:
+    """An instant grant waited 0s (not the client's start-up and round trip); a queued one waited what the server
+    counted from its first request to the grant."""
+    got = call(["request", "qa"], cli_env(server, tmp_path / "a.json"))
+    assert got.stdout.splitlines()[1] == "waited 0s", got.stdout
+    waiter = start(["request", "qa", "--output", "json"], cli_env(server, tmp_path / "b.json"))
+    with server.client() as http:  # its waiting line goes to stderr: watch the queue instead
+        while not http.get("/v1/environments/qa").json()["queue"]:
+            assert waiter.poll() is None
+            time.sleep(0.05)
+    time.sleep(1.0)
+    assert call(["release", "qa"], cli_env(server, tmp_path / "a.json")).returncode == 0
+    out, _ = waiter.communicate(timeout=BOUND)
+    lease = json.loads(out)
+    assert lease["waited"] == lease["queued_for"]
+    assert lease["queued_for"] >= 1.0

@@ -40,7 +40,7 @@ def test_the_public_api_is_pinned() -> None:
     assert callme.client.__all__ == [
         "APIError", "Busy", "CallMeError", "Client", "ConfigError", "Conflict", "ConnectError",
         "Environment", "Event", "Forbidden", "Gone", "HeldLease", "Invalid", "Lease", "LeaseGone",
-        "LeaseLost", "Maintenance", "NotFound", "NotGranted", "QueueEntry", "RequestTimeout",
+        "LeaseLost", "Maintenance", "NoRoute", "NotFound", "NotGranted", "QueueEntry", "RequestTimeout",
         "StateFileDamaged", "TicketGone", "TooLarge", "TransportError", "Unauthorized", "Unavailable",
         "UnexpectedResponse", "WaitTimeout", "Waiting", "WrongToken",
     ]  # fmt: skip
