@@ -3,11 +3,16 @@ records nothing, a changed field is recorded once, and a server without keys lis
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from callme.server.settings import load
 
 from .serverproc import DEFAULT_CONFIG, ServerProcess
+from .tooling import tool_missing
 
 DECLARED = """
 [[environments]]
@@ -58,3 +63,32 @@ def test_a_short_api_key_still_works_as_the_originals_did_but_is_warned_about(tm
         assert "API_KEY is shorter than 8 characters" in server.log()
     finally:
         server.stop()
+
+
+def test_a_database_the_server_may_not_write_stops_it_with_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """The README's switch from the root image to `--target server` on the same volume: files it may not
+    write. One line naming the cause and the fix, never a traceback. As root, the server runs without the
+    capability that lets root write any file (setpriv), so that file modes bind it as they bind a user."""
+    server = ServerProcess(tmp_path)
+    server.start()
+    server.stop()
+    files = [p for p in tmp_path.iterdir() if p.name.startswith(("call-me.db", ".call-me.db"))]
+    assert any(p.name == "call-me.db.lock" for p in files)
+    for path in files:
+        path.chmod(0o400)
+    tmp_path.chmod(0o500)
+    command = [sys.executable, "-m", "callme.server.main"]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            tool_missing("setpriv (util-linux) is not installed")
+        command = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *command]
+    try:
+        got = subprocess.run(command, env=server.env, capture_output=True, text=True, timeout=60)
+    finally:
+        tmp_path.chmod(0o700)
+    assert got.returncode != 0
+    assert "Traceback" not in got.stderr, got.stderr
+    said = [line for line in got.stderr.splitlines() if line.startswith("call-me-server:")]
+    assert len(said) == 1, got.stderr
+    assert "permission denied" in said[0] or "read-only" in said[0], said
+    assert f"chown -R {os.getuid()}" in said[0], said

@@ -303,7 +303,10 @@ class SQLiteStore:
         if path.parent and not path.parent.exists():
             raise StoreError(f"database folder {str(path.parent)!r} does not exist; create it or set CALL_ME_DATABASE")
         lock_path = f"{self.path}.lock"
-        lock_file = open(lock_path, "a+", opener=private.opener)  # noqa: SIM115 - held open for the life of the store
+        try:
+            lock_file = open(lock_path, "a+", opener=private.opener)  # noqa: SIM115 - held for the life of the store
+        except OSError as exc:
+            raise StoreError(cannot_open(self.path, exc)) from None
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -347,7 +350,7 @@ class SQLiteStore:
             self._release_lock()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
+            raise StoreError(cannot_open(self.path, exc)) from exc
 
     def _identity_changed(self) -> str | None:
         """Latch the store broken (logged once) if its file was removed or replaced; the reason, or None."""
@@ -509,3 +512,23 @@ def _fail(jobs: list[Job], error: StoreError) -> None:
     """The whole batch failed: no job's change stays, so none may be acknowledged."""
     for job in jobs:
         job.result, job.error = None, error
+
+
+def cannot_open(path: str, exc: BaseException) -> str:
+    """One line for a database the server cannot open, saying what to do (start-up prints it and exits)."""
+    if isinstance(exc, PermissionError):
+        folder = os.path.dirname(os.path.abspath(path))
+        return (
+            f"cannot open database {path!r}: permission denied ({exc.filename or path}); the server runs as uid "
+            f"{os.getuid()}: give it the folder {folder!r} and its files (e.g. chown -R {os.getuid()} {folder}), "
+            "or set CALL_ME_DATABASE to a path it may write"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+        folder = os.path.dirname(os.path.abspath(path))
+        return (
+            f"cannot open database {path!r}: it is read-only for this server (uid {os.getuid()}); give it the "
+            f"folder {folder!r} and its files (e.g. chown -R {os.getuid()} {folder})"
+        )
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot open database {path!r}: {exc.strerror} ({exc.filename or path})"
+    return f"cannot open database {path!r}: {exc}"

@@ -104,6 +104,11 @@ def read_high_water(path: str) -> HighWater | None:
         mark = HighWater(database=data["database"], fence=data["fence"], seq=data["seq"])
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise StoreError(
+            f"cannot read the high-water mark {path!r}: permission denied; the server runs as uid {os.getuid()}: "
+            f"give it the database's folder and its files (e.g. chown -R {os.getuid()} {os.path.dirname(path) or '.'})"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"cannot read the high-water mark {path!r} ({exc}); repair or remove it") from exc
     if not (isinstance(mark.database, str) and isinstance(mark.fence, int) and isinstance(mark.seq, int)):
