@@ -84,6 +84,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Given to httptools in place of a method it does not know; the app sees the real one. Any method it knows with no
 # meaning of its own to the parser (unlike CONNECT) would do.
 _STAND_IN = b"PROPFIND"
+# A byte httptools refuses in a request target, which a client sending UTF-8 unencoded means percent-encoded.
+_RAW = re.compile(rb"[\x80-\xff]")
 
 
 class _HeadTooLarge(Exception):
@@ -155,6 +157,7 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._head: bytearray | None = bytearray()
         self._ended_in_feed = False
         self._odd: bytearray | None = None  # a request with a method httptools refused, until the method ends
+        self._raw: bytearray | None = None  # a request whose target has raw bytes over 0x7F, until its line ends
         self._odd_method: str | None = None  # that method, for the request's scope
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -202,6 +205,9 @@ class _BoundedProtocol(HttpToolsProtocol):
         if self._odd is not None:
             self._odd += piece
             return self._odd_request()
+        if self._raw is not None:
+            self._raw += piece
+            return self._raw_request()
         if self._reading_head and self._head is not None:
             self._head += piece
         self._ended_in_feed = False
@@ -212,6 +218,11 @@ class _BoundedProtocol(HttpToolsProtocol):
                 return self._invalid()
             self._odd = self._head
             return self._odd_request()
+        except httptools.HttpParserInvalidURLError:
+            if self._head is None or not _RAW.search(self._head):
+                return self._invalid()
+            self._raw = self._head
+            return self._raw_request()
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):  # raised by on_header below
                 self._too_large(str(exc.__context__))
@@ -248,6 +259,23 @@ class _BoundedProtocol(HttpToolsProtocol):
         with contextlib.suppress(AttributeError):  # as uvicorn does; httptools < 0.6.3 has no leniencies
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         return self._feed(_STAND_IN + data[end:])
+
+    def _raw_request(self) -> bool:
+        """A request target with raw bytes over 0x7F, as `curl "$URL/maybe?environment=été"` sends it (curl does
+        not encode a URL; the original's Go server took it): once the request line has come whole, those bytes are
+        percent-encoded, which is what they mean (RFC 3986 reads a URI's non-ASCII as its UTF-8, percent-encoded),
+        and a fresh parser reads the request. Bytes that are no UTF-8 then get the app's own 400."""
+        assert self._raw is not None
+        data = bytes(self._raw).lstrip(b"\r\n")
+        end = data.find(b"\n")
+        if end < 0:
+            return True  # the request line goes on in the next piece (the head's limit still bounds it)
+        line = _RAW.sub(lambda byte: b"%%%02X" % byte.group()[0], data[:end])
+        self._raw, self._head = None, None
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # as uvicorn does; httptools < 0.6.3 has no leniencies
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return self._feed(line + data[end:])
 
     def on_message_begin(self) -> None:
         if self._ended_in_feed:

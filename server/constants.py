@@ -12,7 +12,9 @@ SCHEMA_VERSION = 5
 MAX_NAME_LENGTH = 200
 NAME_CONTROL_CHARACTERS = r"\u0000-\u001f\u007f-\u009f"
 # Lone surrogates too: no UTF-8 text carries them, so they could never be stored (they arrive only from Python).
-NAME_REFUSED = re.compile(rf"[{NAME_CONTROL_CHARACTERS}\ud800-\udfff]")
+# And U+FFFD, what a URL's bytes that are not UTF-8 decode to: a name `\xff` must be refused, not become "\ufffd".
+NAME_NOT_UTF8 = "\ufffd"
+NAME_REFUSED = re.compile(rf"[{NAME_CONTROL_CHARACTERS}\ud800-\udfff{NAME_NOT_UTF8}]")
 MAX_SLOTS = 1000
 MAX_HOLDER_LENGTH = 200
 MAX_REQUEST_ID_LENGTH = 100

@@ -163,7 +163,7 @@ def _schemas() -> dict[str, Schema]:
         "Name": _string(
             1,
             MAX_NAME_LENGTH,
-            pattern=f"^[^{NAME_CONTROL_CHARACTERS}]*$",
+            pattern=f"^[^{NAME_CONTROL_CHARACTERS}\\ufffd]*$",
             description="an environment name or a label: any characters but control characters, compared exactly; "
             "percent-encoded in a path (`/` as %2F, a name `.` or `..` as %2E or %2E%2E)",
         ),

@@ -21,6 +21,7 @@ from .constants import (
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
     MIN_PRIORITY,
+    NAME_NOT_UTF8,
     NAME_REFUSED,
 )
 from .errors import BadJSON, Invalid
@@ -54,6 +55,8 @@ def name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LENGTH:
         raise Invalid(field, f"must be a string of 1 to {MAX_NAME_LENGTH} characters")
     refused = NAME_REFUSED.search(value)
+    if refused is not None and refused.group() == NAME_NOT_UTF8:
+        raise Invalid(field, "is not UTF-8 (percent-encode a name's UTF-8 bytes in a URL)")
     if refused is not None:
         raise Invalid(
             field,

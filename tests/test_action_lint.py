@@ -75,3 +75,29 @@ def test_actionlint_checks_the_example_against_action_yml(tmp_path: Path) -> Non
     proc = _run(_tool("actionlint"), "-no-color", ".github/workflows/example.yml", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert 'input "api_key" is not defined' in proc.stdout
+
+
+def test_the_release_commits_action_yml_passes_both_checks(tmp_path: Path) -> None:
+    """What the release workflow makes of action.yml (scripts/action-image with the pushed image's digest) is
+    still a valid action, and actionlint still checks the example workflow's `uses: ./` against it."""
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy(ROOT / "action.yml", tmp_path / "action.yml")
+    shutil.copy(ROOT / ".github" / "workflows" / "example.yml", tmp_path / ".github" / "workflows" / "example.yml")
+    reference = "docker://ghcr.io/call-me/call-me@sha256:" + "0123456789abcdef" * 4
+    script = str(ROOT / "scripts" / "action-image")
+    proc = _run(sys.executable, script, "--file", str(tmp_path / "action.yml"), reference)
+    assert proc.returncode == 0, proc.stderr
+    before = (ROOT / "action.yml").read_text().splitlines()
+    after = (tmp_path / "action.yml").read_text().splitlines()
+    assert [(a, b) for a, b in zip(before, after, strict=True) if a != b] == [
+        ("  image: Dockerfile", f"  image: {reference}")
+    ]
+    proc = _run(_tool("check-jsonschema"), "--builtin-schema", "vendor.github-actions", "action.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, timeout=TIMEOUT)
+    proc = _run(_tool("actionlint"), "-no-color", ".github/workflows/example.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Anything but the Dockerfile or a docker:// reference is refused, and the file is left as it was.
+    proc = _run(sys.executable, script, "--file", str(tmp_path / "action.yml"), "ghcr.io/no-scheme:v1")
+    assert proc.returncode == 2
+    assert f"  image: {reference}" in (tmp_path / "action.yml").read_text()

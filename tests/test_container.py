@@ -18,10 +18,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+import yaml
 
 from .ghrunner import CONTAINER_FILE_COMMANDS, CONTAINER_WORKSPACE, FakeJob, StepFiles, load_action
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
@@ -273,6 +274,7 @@ def _run_action_step(podman: Podman, image: str, job: FakeJob, entrypoint: str, 
         "-v",
         f"{home}:/github/home",
         *options,
+        "--pull=never",  # a local image: the runner pulls a `docker://` one first, no registry is reached here
         "--entrypoint",
         entrypoint,
         image,
@@ -280,8 +282,33 @@ def _run_action_step(podman: Podman, image: str, job: FakeJob, entrypoint: str, 
     )
 
 
-def test_action_runs_in_the_image_as_github_runs_a_docker_action(podman: Podman, image: str, tmp_path: Path) -> None:
-    runs = load_action()["runs"]
+def _prebuilt(tmp_path: Path, reference: str) -> dict[str, Any]:
+    """action.yml as the release commit has it: scripts/action-image pointed it at a pushed image."""
+    copy = tmp_path / "action.yml"
+    shutil.copy(ROOT / "action.yml", copy)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "action-image"), "--file", str(copy), reference],
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    with copy.open() as file:
+        action: dict[str, Any] = yaml.safe_load(file)
+    return action
+
+
+@pytest.mark.parametrize("source", ["dockerfile", "prebuilt"])
+def test_action_runs_in_the_image_as_github_runs_a_docker_action(
+    podman: Podman, image: str, tmp_path: Path, source: str
+) -> None:
+    """Both ways action.yml can name its image: `Dockerfile` (main, and any commit: the runner builds it, as the
+    `image` fixture did) and the release commit's `docker://REGISTRY/NAME@DIGEST` (the runner pulls it; here the
+    registry is the local store, under the name the reference gives)."""
+    if source == "dockerfile":
+        runs = load_action()["runs"]
+        assert runs["image"] == "Dockerfile", "main builds the Action from its Dockerfile"
+    else:
+        local = "localhost/call-me:test-prebuilt"
+        podman.run("tag", image, local)
+        runs = _prebuilt(tmp_path, f"docker://{local}")["runs"]
+        assert runs["image"].startswith("docker://")
+        image = runs["image"].removeprefix("docker://")
     server = ServerProcess(tmp_path)  # on the host; the container reaches it through --network=host
     server.start()
     try:

@@ -189,3 +189,36 @@ def test_labels_take_any_name_too(admin: httpx.Client, client: httpx.Client) -> 
         granted = client.post("/v1/leases", json={"label": label, "queue": False})
         assert (granted.status_code, granted.json()["environment"]) == (201, "lab-1")
         assert admin.delete(f"/v1/leases/{granted.json()['id']}", params={"force": "true"}).status_code == 204
+
+
+def _curl(server: ServerProcess, method: str, url: str) -> int:
+    """Real curl, which sends a URL's non-ASCII bytes as they are (it encodes nothing): the original took them."""
+    got = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "-H", f"X-API-KEY: {CLIENT_KEY}",
+         "--path-as-is", server.url + url],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return int(got.stdout)
+
+
+def test_raw_utf8_in_a_url_means_the_name_and_bytes_that_are_not_utf8_are_refused(
+    server: ServerProcess, admin: httpx.Client
+) -> None:
+    assert _curl(server, "POST", "/maybe?environment=ünïcode-été") == 201
+    assert _curl(server, "GET", "/maybe?environment=ünïcode-été") == 403  # held
+    assert [lease["holder"] for lease in admin.get("/v1/environments/ünïcode-été").json()["leases"]] == ["ci"]
+    assert _curl(server, "GET", "/v1/environments/ünïcode-été") == 200  # the path, raw, the same
+    assert _curl(server, "DELETE", "/maybe?environment=ünïcode-été") == 204
+    before = admin.get("/v1/environments").json()
+    # Latin-1 bytes (not UTF-8), raw and percent-encoded: never a name with U+FFFD in it.
+    for url in ("/maybe?environment=%E9t%E9", "/maybe?environment=\udce9t\udce9"):
+        code = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", f"X-API-KEY: {CLIENT_KEY}",
+             (server.url + url).encode("utf-8", "surrogateescape")],
+            capture_output=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert code == b"400", url
+    put = admin.put("/v1/environments/%FF", json={})
+    assert (put.status_code, put.json()["field"]) == (422, "name")
+    assert "not UTF-8" in put.json()["detail"]
+    assert admin.get("/v1/environments").json() == before
