@@ -1,8 +1,9 @@
 # call-me for GitLab CI: `acquire` (before_script) and `release` (after_script) one lease.
 #
 # The one source of the shell logic of the `.call-me` job: scripts/gitlab-generate inlines this
-# file into gitlab-template/call-me.gitlab-ci.yml and templates/call-me.yml (edit it here, then
-# run that script; tests/test_gitlab.py fails while they differ). The YAML runs it as
+# file into gitlab-template/call-me.gitlab-ci.yml and templates/call-me.yml, and into the
+# Buildkite plugin's hooks (call-me-buildkite-plugin/hooks/pre-command and pre-exit; edit it
+# here, then run that script; tests/test_gitlab.py fails while they differ). The YAML runs it as
 #     ( set -- acquire; <this file> ) || exit $?
 # in a subshell, so nothing here (functions, traps, shell options) leaks into the job's script.
 #
@@ -25,6 +26,26 @@ _cm_nl='
 '
 _cm_state=${CALL_ME_STATE_DIR:-${CI_PROJECT_DIR:-.}/.call-me/${CI_JOB_ID:-local}}
 _cm_retry_for=${CALL_ME_RETRY_FOR:-60}
+
+# The words of the messages that name a setting or a step: GitLab's, unless the file that inlines
+# this one said otherwise before it (_cm_ci=buildkite: the Buildkite plugin's hooks, whose lines
+# before this file also give the CI_* names below their Buildkite values).
+case ${_cm_ci:-gitlab} in
+buildkite)
+    _cm_n_env=environment _cm_n_label=label _cm_n_ttl=ttl _cm_n_timeout=timeout _cm_n_client=client
+    _cm_acquirer='the pre-command hook' _cm_releaser='the pre-exit hook'
+    _cm_set_target="give the call-me plugin one of them in the step's plugins"
+    _cm_set_url="export it in the job's environment (an agent environment hook or a Buildkite secret), never in pipeline.yml"
+    _cm_set_key="export it in the job's environment from a Buildkite secret, never in pipeline.yml"
+    ;;
+*)
+    _cm_n_env=CALL_ME_ENVIRONMENT _cm_n_label=CALL_ME_LABEL _cm_n_ttl=CALL_ME_TTL _cm_n_timeout=CALL_ME_TIMEOUT
+    _cm_n_client=CALL_ME_CLIENT _cm_acquirer=before_script _cm_releaser=after_script
+    _cm_set_target="set one in the job's variables"
+    _cm_set_url="set it as a CI/CD variable (Settings > CI/CD > Variables), e.g. https://call-me.example.com"
+    _cm_set_key="add it as a masked CI/CD variable (Settings > CI/CD > Variables, Masked)"
+    ;;
+esac
 
 _cm_say() { printf 'call-me: %s\n' "$*" >&2; }
 _cm_die() { # CODE MESSAGE
@@ -134,22 +155,22 @@ _cm_write() { # FILE NAME...: NAME='value' lines of those variables, replacing F
 _cm_settings() {
     CALL_ME_URL=${CALL_ME_URL:-}
     [ -n "$CALL_ME_URL" ] || _cm_die 2 "CALL_ME_URL is not set, so the job cannot reach the call-me server;" \
-        "set it as a CI/CD variable (Settings > CI/CD > Variables), e.g. https://call-me.example.com"
+        "$_cm_set_url"
     case $CALL_ME_URL in
     http://* | https://*) ;;
     *) CALL_ME_URL=http://$CALL_ME_URL ;; # host:port, as the original's HOST
     esac
     CALL_ME_URL=${CALL_ME_URL%/}
     [ -n "${CALL_ME_API_KEY:-}" ] || _cm_die 2 "CALL_ME_API_KEY is not set, so the server would refuse the job;" \
-        "add it as a masked CI/CD variable (Settings > CI/CD > Variables, Masked)"
+        "$_cm_set_key"
     case $_cm_retry_for in '' | *[!0-9]*) _cm_die 2 "CALL_ME_RETRY_FOR='$_cm_retry_for' is not a whole number of seconds" ;; esac
     _cm_client=${CALL_ME_CLIENT:-auto}
     case $_cm_client in
     auto) if command -v call-me >/dev/null 2>&1; then _cm_client=cli; else _cm_client=curl; fi ;;
-    cli) command -v call-me >/dev/null 2>&1 || _cm_die 2 "CALL_ME_CLIENT=cli, but there is no call-me on PATH;" \
-        "use an image with it (pip install call-me), or CALL_ME_CLIENT=curl" ;;
+    cli) command -v call-me >/dev/null 2>&1 || _cm_die 2 "$_cm_n_client=cli, but there is no call-me on PATH;" \
+        "use an image with it (pip install call-me), or $_cm_n_client=curl" ;;
     curl) ;;
-    *) _cm_die 2 "CALL_ME_CLIENT='$_cm_client' is not one of auto, cli, curl" ;;
+    *) _cm_die 2 "$_cm_n_client='$_cm_client' is not one of auto, cli, curl" ;;
     esac
     if [ "$_cm_client" = curl ] && ! command -v curl >/dev/null 2>&1; then
         _cm_die 2 "neither call-me nor curl is on PATH in this job's image; install one of them"
@@ -222,7 +243,7 @@ _cm_leave() { # leave the queue (also releases a lease granted to the ticket mea
 _cm_request_id() {
     _cm_id=$(od -An -N16 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n')
     [ -n "$_cm_id" ] || _cm_id=$(date +%s)-$$-${CI_JOB_ID:-0}
-    _cm_id=gitlab-$_cm_id
+    _cm_id=${_cm_ci:-gitlab}-$_cm_id
 }
 
 _cm_acquire_curl() {
@@ -244,8 +265,8 @@ _cm_acquire_curl() {
             _cm_left=$((_cm_deadline - $(_cm_now)))
             if [ "$_cm_left" -le 0 ]; then
                 _cm_leave
-                _cm_die 4 "gave up waiting for $_cm_what after ${CALL_ME_TIMEOUT}s (CALL_ME_TIMEOUT) and left the queue;" \
-                    "raise CALL_ME_TIMEOUT, or see who holds it: GET $CALL_ME_URL/v1/environments"
+                _cm_die 4 "gave up waiting for $_cm_what after ${CALL_ME_TIMEOUT}s ($_cm_n_timeout) and left the queue;" \
+                    "raise $_cm_n_timeout, or see who holds it: GET $CALL_ME_URL/v1/environments"
             fi
             [ "$_cm_left" -ge "$_cm_wait" ] || _cm_wait=$_cm_left
         fi
@@ -280,7 +301,7 @@ _cm_acquire_curl() {
             if ! _cm_parse "$_cm_body" || [ -z "${CALL_ME_TICKET:-}" ]; then
                 _cm_die 1 "the server's answer is not KEY='value' lines; is CALL_ME_URL a call-me server?"
             fi
-            # after_script leaves the queue with it if the job is stopped while it waits.
+            # after_script (pre-exit) leaves the queue with it if the job is stopped while it waits.
             _cm_write "$_cm_state/ticket" CALL_ME_TICKET
             _cm_say "waiting for $_cm_what (position ${CALL_ME_POSITION:-?} in queue, $(($(_cm_now) - _cm_started))s so far)"
             _cm_wait=25 # the server holds a long-poll at most its max_wait (25 s by default)
@@ -317,13 +338,13 @@ _cm_acquire() {
     CALL_ME_ENVIRONMENT=${CALL_ME_ENVIRONMENT:-}
     CALL_ME_LABEL=${CALL_ME_LABEL:-}
     if [ -n "$CALL_ME_ENVIRONMENT" ] && [ -n "$CALL_ME_LABEL" ]; then
-        _cm_die 2 "both CALL_ME_ENVIRONMENT ($CALL_ME_ENVIRONMENT) and CALL_ME_LABEL ($CALL_ME_LABEL) are set; keep one"
+        _cm_die 2 "both $_cm_n_env ($CALL_ME_ENVIRONMENT) and $_cm_n_label ($CALL_ME_LABEL) are set; keep one"
     elif [ -n "$CALL_ME_ENVIRONMENT" ]; then
         _cm_what="environment $CALL_ME_ENVIRONMENT"
     elif [ -n "$CALL_ME_LABEL" ]; then
         _cm_what="an environment labelled $CALL_ME_LABEL"
     else
-        _cm_die 2 "neither CALL_ME_ENVIRONMENT nor CALL_ME_LABEL is set; set one in the job's variables"
+        _cm_die 2 "neither $_cm_n_env nor $_cm_n_label is set; $_cm_set_target"
     fi
     _cm_settings
     # after_script does not run when the job times out: the lease must outlive the job by itself.
@@ -333,12 +354,12 @@ _cm_acquire() {
         _cm_ttl=$((_cm_ttl + ${CALL_ME_TTL_MARGIN:-600}))
         [ "$_cm_ttl" -le 86400 ] || _cm_ttl=86400 # the server's default max_ttl
     fi
-    case $_cm_ttl in '' | *[!0-9]* | 0) _cm_die 2 "CALL_ME_TTL='$_cm_ttl' is not a whole number of seconds above 0" ;; esac
+    case $_cm_ttl in '' | *[!0-9]* | 0) _cm_die 2 "$_cm_n_ttl='$_cm_ttl' is not a whole number of seconds above 0" ;; esac
     _cm_started=$(_cm_now)
     _cm_deadline=
     case ${CALL_ME_TIMEOUT:-} in
     '') ;;
-    *[!0-9]*) _cm_die 2 "CALL_ME_TIMEOUT='$CALL_ME_TIMEOUT' is not a whole number of seconds" ;;
+    *[!0-9]*) _cm_die 2 "$_cm_n_timeout='$CALL_ME_TIMEOUT' is not a whole number of seconds" ;;
     *) _cm_deadline=$((_cm_started + CALL_ME_TIMEOUT)) ;;
     esac
     _cm_holder=${CALL_ME_HOLDER:-${CI_PROJECT_PATH:-local}#${CI_PIPELINE_ID:-0} ${CI_JOB_NAME:-job}}
@@ -369,7 +390,7 @@ _cm_acquire() {
     done
     mv -f "$_cm_state/variables.new" "$_cm_state/variables"
     _cm_say "acquired $CALL_ME_ENVIRONMENT (fence $CALL_ME_FENCE, lease $CALL_ME_LEASE_ID," \
-        "waited $(($(_cm_now) - _cm_started))s); after_script releases it, else it expires at ${CALL_ME_EXPIRES_AT:-its TTL}"
+        "waited $(($(_cm_now) - _cm_started))s); $_cm_releaser releases it, else it expires at ${CALL_ME_EXPIRES_AT:-its TTL}"
 }
 
 _cm_release() {
@@ -380,7 +401,7 @@ _cm_release() {
             _cm_say "the job stopped while waiting; leaving the queue"
             _cm_leave
         else
-            _cm_say "no lease to release (before_script did not acquire one)"
+            _cm_say "no lease to release ($_cm_acquirer did not acquire one)"
         fi
         rm -rf "$_cm_state"
         return 0
@@ -404,7 +425,7 @@ _cm_release() {
             case $_cm_status in
             204) _cm_code=0 ;;
             410) _cm_say "lease $CALL_ME_LEASE_ID on $CALL_ME_ENVIRONMENT had already ended (expired or revoked)" \
-                "before this release; raise CALL_ME_TTL if the job needs longer" && _cm_code=0 ;;
+                "before this release; raise $_cm_n_ttl if the job needs longer" && _cm_code=0 ;;
             *)
                 _cm_say "could not release $CALL_ME_ENVIRONMENT: HTTP $_cm_status: $_cm_body"
                 _cm_code=1
