@@ -29,8 +29,16 @@ _cm_retry_for=${CALL_ME_RETRY_FOR:-60}
 
 # The words of the messages that name a setting or a step: GitLab's, unless the file that inlines
 # this one said otherwise before it (_cm_ci=buildkite: the Buildkite plugin's hooks, whose lines
-# before this file also give the CI_* names below their Buildkite values).
+# before this file also give the CI_* names below their Buildkite values), or _cm_ci=generic is in
+# the environment of `sh call-me.sh acquire|release` run as a file of its own (docs/ci/).
 case ${_cm_ci:-gitlab} in
+generic)
+    _cm_n_env=CALL_ME_ENVIRONMENT _cm_n_label=CALL_ME_LABEL _cm_n_ttl=CALL_ME_TTL _cm_n_timeout=CALL_ME_TIMEOUT
+    _cm_n_client=CALL_ME_CLIENT _cm_acquirer="call-me.sh acquire" _cm_releaser="call-me.sh release"
+    _cm_set_target="set one in the step's environment"
+    _cm_set_url="set it in the step's environment, e.g. https://call-me.example.com"
+    _cm_set_key="give it to the step from the CI system's secrets, never in the pipeline's file"
+    ;;
 buildkite)
     _cm_n_env=environment _cm_n_label=label _cm_n_ttl=ttl _cm_n_timeout=timeout _cm_n_client=client
     _cm_acquirer='the pre-command hook' _cm_releaser='the pre-exit hook'
