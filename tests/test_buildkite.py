@@ -8,6 +8,7 @@ fixture calls it); where that cannot work these tests skip and say why, or fail 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -116,3 +117,38 @@ def test_plugin_yml_is_what_buildkite_reads() -> None:
         assert not list(validator.iter_errors(good)), good
     for bad in ({}, {"environment": "uat", "label": "staging"}, {"enviroment": "uat"}, {"label": "x", "ttl": 0}):
         assert list(validator.iter_errors(bad)), bad
+
+
+def _plugin_name(location: str) -> str:
+    """The name the agent derives from a plugin's location (agent/plugin/plugin.go, Name()), which prefixes the
+    properties' variables: BUILDKITE_PLUGIN_<NAME>_<PROPERTY>."""
+    name = re.sub(r"[^a-zA-Z0-9]", "-", location.split("#")[0].rstrip("/").split("/")[-1].lower())
+    return name.replace("-buildkite-plugin-git", "").replace("-buildkite-plugin", "").upper().replace("-", "_")
+
+
+def test_readme_pipeline_is_valid_and_names_the_plugin_call_me(tmp_path: Path) -> None:
+    yaml = import_tool("yaml")
+    jsonschema = import_tool("jsonschema")
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n## Buildkite\n")
+    opening = readme.index("```yaml\n", start) + len("```yaml\n")
+    block = readme[opening : readme.index("```\n", opening)]
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text(block)
+    result = subprocess.run(
+        [str(VENV_BIN / "check-jsonschema"), "--builtin-schema", "vendor.buildkite", str(pipeline)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [step] = yaml.safe_load(block)["steps"]
+    [(location, config)] = step["plugins"][0].items()
+    assert _plugin_name(location) == "CALL_ME", location
+    assert location.split("#")[0].endswith("/" + PLUGIN.name)  # the folder in this repository
+    assert _plugin_name("./" + PLUGIN.name) == "CALL_ME"  # vendored, as the README says
+    schema = yaml.safe_load((PLUGIN / "plugin.yml").read_text())["configuration"]
+    assert not list(jsonschema.Draft7Validator(schema).iter_errors(config)), config
+    assert "CALL_ME_API_KEY" not in json.dumps(config)
+    assert "CALL_ME_API_KEY" in step["secrets"]
