@@ -180,22 +180,27 @@ curl_only_path() { # a PATH with bash, curl and the few tools the hooks use: no 
     assert_secret_free "$token"
 }
 
-@test "cancel while waiting in the queue: the place is left (curl)" {
+@test "cancel while waiting in the queue: the place is left (curl and cli)" {
     hold_elsewhere uat
-    export BUILDKITE_PLUGIN_CALL_ME_CLIENT=curl
-    start_job
-    setsid "$BASH" -c '. "$1"; . "$2"' hook "$JOB_ENV" "$PLUGIN/hooks/pre-command" >>"$LOG" 2>&1 &
-    local pid=$!
-    while [ ! -f "$STATE/ticket" ]; do sleep 0.05; done
-    sleep 0.5 # inside its long-poll now
-    kill -TERM -- "-$pid"
-    local status=0
-    wait "$pid" || status=$?
-    [ "$status" != 0 ] || fail_with_log "pre-command succeeded"
-    hook pre-exit || fail_with_log "pre-exit failed"
-    [ "$(queued uat)" = 0 ] || fail_with_log "still queued"
-    [ "$(kinds uat)" = "acquired queued left" ] || fail_with_log "history: $(kinds uat)"
-    [ ! -e "$STATE" ] || fail_with_log "$STATE is still there"
+    local client pid status
+    for client in curl cli; do
+        export BUILDKITE_PLUGIN_CALL_ME_CLIENT=$client BUILDKITE_JOB_ID="0190-cancel-$client"
+        STATE="$BUILDKITE_BUILD_PATH/call-me/$BUILDKITE_JOB_ID"
+        start_job
+        # As the agent cancels a job in pre-command: SIGTERM to the hook's process group.
+        setsid "$BASH" -c '. "$1"; . "$2"' hook "$JOB_ENV" "$PLUGIN/hooks/pre-command" >>"$LOG" 2>&1 &
+        pid=$!
+        until [ "$(queued uat)" = 1 ]; do sleep 0.05; done
+        sleep 0.5 # inside its long-poll now
+        kill -TERM -- "-$pid"
+        status=0
+        wait "$pid" || status=$?
+        [ "$status" != 0 ] || fail_with_log "pre-command succeeded ($client)"
+        hook pre-exit || fail_with_log "pre-exit failed ($client)"
+        [ "$(queued uat)" = 0 ] || fail_with_log "still queued ($client)"
+        [ ! -e "$STATE" ] || fail_with_log "$STATE is still there ($client)"
+    done
+    [ "$(kinds uat)" = "acquired queued left queued left" ] || fail_with_log "history: $(kinds uat)"
 }
 
 @test "timeout: waiting longer than timeout fails clearly, runs no command and leaves no ticket (curl and cli)" {
