@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,7 @@ class Job:
     """What a run of a recipe did: whether the CI system would mark it failed, and all it printed."""
 
     failed: bool = False
+    aborted: bool = False
     output: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
@@ -80,7 +83,7 @@ class Job:
 class Workspace:
     """A checkout with the user's stand-in commands, and a PATH with the CLI, `make` and `pip` stand-ins."""
 
-    def __init__(self, root: Path, server: ServerProcess, acceptance_exit: int) -> None:
+    def __init__(self, root: Path, server: ServerProcess, acceptance_exit: int | str) -> None:
         self.root = root
         self.dir = root / "workspace"
         self.bin = root / "bin"
@@ -95,7 +98,14 @@ class Workspace:
             self.dir / "ci" / "deploy-and-test.sh",
             './deploy.sh "$CALL_ME_ENVIRONMENT" "$CALL_ME_PROPERTY_URL"\nmake acceptance\n',
         )
-        self._script(self.bin / "make", f'echo "make $* {seen}" >>"$RECORD"\nexit "$ACCEPTANCE_EXIT"\n')
+        # ACCEPTANCE_EXIT=hang: `make acceptance` runs until the job is aborted (SIGTERM to its process group).
+        self._script(
+            self.bin / "make",
+            f'echo "make $* {seen}" >>"$RECORD"\n'
+            'if [ "$ACCEPTANCE_EXIT" = hang ]; then : >"$RECORD.hang"; exec sleep 300; fi\n'
+            'exit "$ACCEPTANCE_EXIT"\n',
+        )
+        self.hang = root / "record.hang"
         self._script(self.bin / "pip", 'echo "pip $*" >>"$RECORD"\n')
         shutil.copy(ROOT / "gitlab-template" / "call-me.sh", self.dir / "ci" / "call-me.sh")
         self.env = {
@@ -122,18 +132,30 @@ class Workspace:
         return str(folder)
 
     def run(self, job: Job, name: str, argv: list[str], env: dict[str, str]) -> int:
-        result = subprocess.run(
-            argv,
-            cwd=self.dir,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=STEP_TIMEOUT,
-            check=False,
-        )
+        """Runs one step; if `make acceptance` hangs in it, aborts it as a CI system does: SIGTERM to the
+        step's process group (the shell, call-me and the command alike), then waits for it to end."""
+        out, err = self.root / "step.out", self.root / "step.err"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen(
+                argv, cwd=self.dir, env={**self.env, **env}, stdout=stdout, stderr=stderr, start_new_session=True
+            )
+            try:
+                deadline = time.monotonic() + STEP_TIMEOUT
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if self.hang.exists():
+                        self.hang.unlink()
+                        os.killpg(proc.pid, signal.SIGTERM)
+                        job.aborted = True
+                        break
+                    time.sleep(0.05)
+                code = proc.wait(timeout=STEP_TIMEOUT)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
         job.ran.append(name)
-        job.output += [f"--- {name} (exit {result.returncode})", result.stdout, result.stderr]
-        return result.returncode
+        job.output += [f"--- {name} (exit {code})", out.read_text(), err.read_text()]
+        return code
 
 
 def _substituted(text: str, server: ServerProcess) -> str:
@@ -439,3 +461,24 @@ def test_recipe_yaml_matches_its_ci_systems_schema(title: str, tmp_path: Path) -
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# What each system documents for an aborted (cancelled, stopped) job: Jenkins runs `post { always }` after an
+# abort, Azure runs `condition: always()` steps after a cancel, and `call-me run` (Bitbucket, Jenkins' one-stage
+# pipeline) passes SIGTERM on to its command and releases. CircleCI skips `when: always` steps on cancel, and
+# Woodpecker and Drone stop their containers: those recipes rely on the TTL, and are not run here.
+@pytest.mark.parametrize("recipe", ["jenkins", "jenkins-single-stage", "azure", "bitbucket"])
+def test_recipe_aborted_while_testing_still_releases(recipe: str, server: ServerProcess, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, server, acceptance_exit="hang")
+    runner, title = RECIPES[recipe]
+    job = runner(ws, recipe_blocks(), title)
+    output = job.text()
+    assert job.aborted, output  # `make acceptance` ran, holding the lease, and the step was stopped there
+    assert job.failed, output
+    assert [line.split()[:2] for line in ws.record.read_text().splitlines() if not line.startswith("pip ")] == [
+        ["deploy", "uat"],
+        ["make", "acceptance"],
+    ]
+    assert history_kinds(server) == ["acquired", "released"], output
+    assert CLIENT_KEY not in output
+    assert not TOKEN.search(output), TOKEN.search(output)
