@@ -94,6 +94,21 @@ def test_generated_hooks_are_current_and_executable() -> None:
         assert script in text  # the one source, whole
 
 
+def test_shell_is_shellcheck_clean(bats: str) -> None:
+    """call-me.sh as POSIX sh (README says so), the generated hooks as bash, the bats file and the setup script.
+    scripts/bats-setup (the `bats` fixture) brings shellcheck too."""
+    checks = [
+        ["-s", "sh", "gitlab-template/call-me.sh"],
+        ["call-me-buildkite-plugin/hooks/pre-command", "call-me-buildkite-plugin/hooks/pre-exit"],
+        ["-s", "bash", "call-me-buildkite-plugin/tests/hooks.bats", "scripts/bats-setup"],
+    ]
+    for args in checks:
+        result = subprocess.run(
+            ["shellcheck", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_plugin_yml_is_what_buildkite_reads() -> None:
     """The fields Buildkite's plugin linter requires (name, description, author, requirements, and a
     configuration JSON schema with properties, required and additionalProperties), a valid JSON schema

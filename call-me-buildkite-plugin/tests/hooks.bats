@@ -1,4 +1,6 @@
 #!/usr/bin/env bats
+# shellcheck disable=SC2016 # the inner shells' scripts are single-quoted on purpose: they expand there
+# shellcheck disable=SC2030,SC2031 # each @test runs in a subshell of its own; its exports are its own
 # The plugin's hooks run as the Buildkite agent runs them, against a real call-me server.
 #
 # tests/test_buildkite.py starts the server and runs each test here alone (bats --filter) with
