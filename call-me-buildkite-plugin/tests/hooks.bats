@@ -116,6 +116,8 @@ curl_only_path() { # a PATH with bash, curl and the few tools the hooks use: no 
     api PUT /v1/environments/uat -d '{"properties": {"url": "https://uat.example.com", "db-host": "db'\''1"}}' >/dev/null
     hook pre-command || fail_with_log "pre-command failed"
     grep -q "(with cli)" "$LOG" || fail_with_log "auto did not take the CLI on PATH"
+    # The default TTL: the step's timeout_in_minutes (BUILDKITE_TIMEOUT=10) in seconds, plus 10 minutes.
+    grep -q "acquiring environment uat for 1200 s" "$LOG" || fail_with_log "not the default TTL"
     local token
     token=$(token)
     command_step "$SHOW" || fail_with_log "the command failed"
@@ -134,6 +136,7 @@ curl_only_path() { # a PATH with bash, curl and the few tools the hooks use: no 
     api PUT /v1/environments/pool-1 -d '{"labels": ["pool"], "properties": {"url": "https://pool-1.example.com"}}' >/dev/null
     unset BUILDKITE_PLUGIN_CALL_ME_ENVIRONMENT
     export BUILDKITE_PLUGIN_CALL_ME_LABEL=pool BUILDKITE_PLUGIN_CALL_ME_TTL=300
+    export BUILDKITE_PLUGIN_CALL_ME_HOLDER="release train #7"
     JOB_PATH=$(curl_only_path)
     hook pre-command || fail_with_log "pre-command failed"
     grep -q "acquiring an environment labelled pool for 300 s from .* (with curl)" "$LOG" || fail_with_log "not the curl path"
@@ -145,6 +148,9 @@ curl_only_path() { # a PATH with bash, curl and the few tools the hooks use: no 
     hook pre-exit || fail_with_log "pre-exit failed"
     grep -q "^call-me: released pool-1 (lease l_" "$LOG" || fail_with_log "no release line"
     [ "$(kinds pool-1)" = "acquired released" ] || fail_with_log "history: $(kinds pool-1)"
+    local holder
+    holder=$(api GET "/v1/history?environment=pool-1&limit=100" | json '[e["holder"] for e in it["events"] if e["kind"] == "acquired"][0]')
+    [ "$holder" = "release train #7" ] || fail_with_log "holder: $holder"
     assert_secret_free "$token"
 }
 
