@@ -176,7 +176,7 @@ _cm_settings() {
     case $_cm_client in
     auto) if command -v call-me >/dev/null 2>&1; then _cm_client=cli; else _cm_client=curl; fi ;;
     cli) command -v call-me >/dev/null 2>&1 || _cm_die 2 "$_cm_n_client=cli, but there is no call-me on PATH;" \
-        "use an image with it (pip install call-me), or $_cm_n_client=curl" ;;
+        "use an image with it (pip install git+https://github.com/call-me/call-me@v1), or $_cm_n_client=curl" ;;
     curl) ;;
     *) _cm_die 2 "$_cm_n_client='$_cm_client' is not one of auto, cli, curl" ;;
     esac

@@ -240,3 +240,16 @@ curl_only_path() { # a PATH with bash, curl and the few tools the hooks use: no 
     grep -qF "neither environment nor label is set; give the call-me plugin one of them" "$LOG" || fail_with_log "message"
     hook pre-exit || fail_with_log "pre-exit failed"
 }
+
+@test "client cli without call-me: pre-command fails and says how to get it, never from a public index" {
+    export BUILDKITE_PLUGIN_CALL_ME_CLIENT=cli
+    JOB_PATH=$(curl_only_path)
+    local status=0
+    hook pre-command || status=$?
+    [ "$status" = 2 ] || fail_with_log "pre-command exited with $status, not 2"
+    grep -qF "client=cli, but there is no call-me on PATH; use an image with it (pip install git+https://github.com/call-me/call-me@v1), or client=curl" "$LOG" ||
+        fail_with_log "message"
+    ! grep -qF "pip install call-me" "$LOG" || fail_with_log "the name call-me is nobody's on PyPI"
+    hook pre-exit || fail_with_log "pre-exit failed"
+    [ "$(kinds uat)" = "" ] || fail_with_log "history: $(kinds uat)"
+}
