@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
-from .serverproc import ADMIN_KEY, ServerProcess
+import httpx
+
+from .serverproc import ADMIN_KEY, ServerProcess, free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BOUND = 60
@@ -90,3 +94,43 @@ def test_the_curl_section_runs_pasted_in_order(tmp_path: Path) -> None:
         assert "https://staging-" in got.stdout, got.stdout
     finally:
         server.stop()
+
+
+def test_the_quick_start_installs_and_serves_pasted_in_order(tmp_path: Path) -> None:
+    """Quick start's lines as a newcomer pastes them, in a fresh folder: the clone (of this checkout, the one
+    substitution README names: your mirror's URL), a virtual environment of its own, `pip install .` from the
+    package index, and the server, which then answers the original's route with the key it was given."""
+    lines = [line for line in _block_after("Quick start", "sh").splitlines() if line.strip()]
+    assert lines[0].startswith("git clone https://github.com/call-me/call-me.git"), lines
+    assert lines[-1] == "API_KEY=change-me-please call-me-server", lines
+    root = str(README.parent)
+    setup = "\n".join([lines[0].replace("https://github.com/call-me/call-me.git", f"{root} call-me"), *lines[1:-1]])
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update({"PORT": str(port), "CALL_ME_HOST": "127.0.0.1"})
+    # The rest of the session's PATH, without this test run's own virtual environment.
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(root))
+    script = f"set -e\n{setup}\n{lines[-1]}\n"
+    server = subprocess.Popen(
+        ["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the shell and the server it starts: stopped together below
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600  # pip install from the index: a minute or two
+        while True:
+            assert server.poll() is None, server.communicate()[0][-3000:]
+            try:
+                answer = httpx.get(
+                    f"http://127.0.0.1:{port}/maybe", params={"environment": "uat"},
+                    headers={"X-API-KEY": "change-me-please"}, timeout=5,
+                )  # fmt: skip
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the quick start's server never answered"
+                time.sleep(0.5)
+        assert answer.status_code == 200
+        assert (tmp_path / "call-me" / ".venv" / "bin" / "call-me").exists()
+        assert (tmp_path / "call-me" / "call-me.db").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.communicate(timeout=60)
