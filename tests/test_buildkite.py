@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess
-from .tooling import import_tool, tool_missing
+from .tooling import import_tool, run_setup
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "call-me-buildkite-plugin"
@@ -35,14 +35,7 @@ def _bats_tests() -> list[str]:
 
 @pytest.fixture(scope="session")
 def bats() -> str:
-    try:
-        result = subprocess.run(
-            [str(ROOT / "scripts" / "bats-setup")], capture_output=True, text=True, timeout=900, check=False
-        )
-    except subprocess.TimeoutExpired:
-        tool_missing("scripts/bats-setup took over 15 minutes")
-    if result.returncode != 0:
-        tool_missing(f"bats is not usable: {(result.stderr or result.stdout).strip()}")
+    run_setup(ROOT / "scripts" / "bats-setup", "bats")
     return "bats"
 
 

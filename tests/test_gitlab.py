@@ -26,7 +26,7 @@ import pytest
 
 from .httpproxy import LossyProxy, Request, gateway_error
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
-from .tooling import import_tool, tool_missing
+from .tooling import import_tool, run_setup, tool_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 GCL = ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
@@ -43,17 +43,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def gitlab_ci_local() -> Path:
-    try:
-        result = subprocess.run(
-            [str(ROOT / "scripts" / "gitlab-setup")], capture_output=True, text=True, timeout=900, check=False
-        )
-    except subprocess.TimeoutExpired:
-        reason = "scripts/gitlab-setup took over 15 minutes"
-    else:
-        if result.returncode == 0:
-            return GCL
-        reason = (result.stderr or result.stdout).strip().splitlines()[-1]
-    tool_missing(f"gitlab-ci-local is not usable: {reason}")
+    run_setup(ROOT / "scripts" / "gitlab-setup", "gitlab-ci-local")
+    return GCL
 
 
 @dataclass

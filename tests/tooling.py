@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
@@ -29,3 +31,14 @@ def import_tool(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         tool_missing(f"{name} cannot be imported ({exc}); install the dev tools: pip install -e '.[dev]'")
+
+
+def run_setup(script: Path, tool: str) -> None:
+    """Run one of scripts/*-setup (it installs `tool` the first time); tool_missing when it cannot."""
+    try:
+        result = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, check=False)
+    except subprocess.TimeoutExpired:
+        tool_missing(f"{script.name} took over 15 minutes")
+    if result.returncode != 0:
+        said = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        tool_missing(f"{tool} is not usable: {said[-1]}")
