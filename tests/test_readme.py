@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from .serverproc import ADMIN_KEY, ServerProcess, free_port
+from .tooling import tool_missing
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BOUND = 60
@@ -134,3 +137,61 @@ def test_the_quick_start_installs_and_serves_pasted_in_order(tmp_path: Path) -> 
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.communicate(timeout=60)
+
+
+def _block_under(heading: str, fence: str) -> str:
+    """The first fenced block of kind `fence` after the heading line `heading` (any level)."""
+    text = README.read_text()
+    start = text.index(f"\n{heading}\n")
+    opening = text.index(f"```{fence}\n", start) + len(fence) + 4
+    return text[opening : text.index("```\n", opening)]
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        tool_missing("systemd-analyze (systemd) is not installed")
+    unit = _block_under("### As a service (systemd)", "ini")
+    assert "ExecStart=/opt/call-me/.venv/bin/call-me-server" in unit
+    # The one substitution: where this machine has the server installed.
+    installed = str(Path(sys.executable).parent / "call-me-server")
+    (tmp_path / "call-me.service").write_text(unit.replace("/opt/call-me/.venv/bin/call-me-server", installed))
+    got = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "call-me.service")], capture_output=True, text=True, timeout=60
+    )
+    assert got.returncode == 0, got.stderr
+    said = [line for line in got.stderr.splitlines() if "call-me.service" in line]
+    assert said == [], said  # an unknown key, a bad value: systemd names the unit file
+
+
+def test_the_backup_command_copies_a_running_server_and_the_copy_restores(tmp_path: Path) -> None:
+    command = _block_under("### Backups", "sh").strip()
+    database, copy = tmp_path / "call-me.db", tmp_path / "backup" / "call-me.db"
+    copy.parent.mkdir()
+    command = command.replace("/var/lib/call-me/call-me.db", str(database)).replace(
+        "/var/backups/call-me.db", str(copy)
+    )
+    server = ServerProcess(tmp_path, env={"CALL_ME_DATABASE": str(database)})
+    server.start()
+    try:
+        with server.client() as admin:
+            kept = admin.post("/v1/leases", json={"environment": "uat", "holder": "in the copy"}).json()
+            got = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=BOUND)
+            assert got.returncode == 0, got.stderr
+            # After the copy: that lease ends, another is granted with a higher fence.
+            assert admin.delete(f"/v1/leases/{kept['id']}", headers={"X-Lease-Token": kept["token"]}).status_code == 204
+            later = admin.post("/v1/leases", json={"environment": "uat", "holder": "after the copy"}).json()
+            assert later["fence"] > kept["fence"]
+        server.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        shutil.copy(copy, database)
+        server.start()
+        with server.client() as admin:
+            held = admin.get("/v1/environments/uat").json()["leases"]
+            assert [(lease["id"], lease["holder"]) for lease in held] == [(kept["id"], "in the copy")]
+            # Fences go on above everything handed out since the copy, never back to a number in use.
+            admin.delete(f"/v1/leases/{kept['id']}", headers={"X-Lease-Token": kept["token"]})
+            again = admin.post("/v1/leases", json={"environment": "uat"}).json()
+            assert again["fence"] > later["fence"]
+    finally:
+        server.stop()
