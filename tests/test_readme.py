@@ -195,3 +195,14 @@ def test_the_backup_command_copies_a_running_server_and_the_copy_restores(tmp_pa
             assert again["fence"] > later["fence"]
     finally:
         server.stop()
+
+
+def test_the_table_of_contents_is_current_and_every_link_leads_to_a_heading() -> None:
+    got = subprocess.run(
+        [sys.executable, str(README.parent / "scripts" / "readme-toc"), "--check"],
+        capture_output=True, text=True, timeout=BOUND,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    contents = README.read_text().split("<!-- toc -->", 1)[1].split("<!-- /toc -->", 1)[0]
+    assert "- [Quick start](#quick-start)" in contents
+    assert "- [Reliability](#reliability)" in contents
