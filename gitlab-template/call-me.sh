@@ -301,7 +301,7 @@ _cm_acquire_curl() {
             if [ -z "${CALL_ME_LEASE_ID:-}" ] || [ -z "${CALL_ME_LEASE_TOKEN:-}" ]; then
                 _cm_die 1 "the server's answer has no lease id or token"
             fi
-            rm -f "$_cm_state/ticket" "$_cm_state/request.json"
+            rm -f "$_cm_state/ticket" # request.json goes once the lease is written (_cm_acquire)
             trap - HUP INT TERM
             return 0
             ;;
@@ -389,6 +389,7 @@ _cm_acquire() {
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
     _cm_write "$_cm_state/lease" CALL_ME_LEASE_ID CALL_ME_LEASE_TOKEN CALL_ME_ENVIRONMENT CALL_ME_FENCE \
         CALL_ME_ACQUIRED_BY CALL_ME_ACQUIRED_AT || _cm_die 1 "cannot write the lease to $_cm_state/lease"
+    rm -f "$_cm_state/request.json"
     # What the job's script sees (the YAML sources this file after the subshell): never the token.
     : >"$_cm_state/variables.new"
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
@@ -401,6 +402,35 @@ _cm_acquire() {
         "waited $(($(_cm_now) - _cm_started))s); $_cm_releaser releases it, else it expires at ${CALL_ME_EXPIRES_AT:-its TTL}"
 }
 
+_cm_withdraw() { # the job was killed before it learnt what its POST made: ask again by request_id, give it back
+    # The same request_id returns what the first request created (API.md): its lease, token and all, or its
+    # ticket's place. Asked with queue:false and no wait, it takes no new place; a lease it grants now, because the
+    # first POST made nothing and a slot is free, is given back too.
+    _cm_out=$(sed -e 's/"wait":[0-9]*/"wait":0,"queue":false/' -e 's/,"ticket":"[^"]*"//' "$_cm_state/request.json")
+    printf '%s' "$_cm_out" >"$_cm_state/request.json"
+    _cm_until=$(($(_cm_now) + 15))
+    if ! _cm_call POST /v1/leases 20 -H 'Content-Type: application/json' --data-binary @"$_cm_state/request.json"; then
+        _cm_say "could not ask what the stopped job's request made; a lease it got expires after its TTL"
+        return 0
+    fi
+    case $_cm_status in
+    201)
+        _cm_parse "$_cm_body" || return 0
+        printf 'X-Lease-Token: %s\n' "$CALL_ME_LEASE_TOKEN" >"$_cm_state/token-header"
+        _cm_until=$(($(_cm_now) + 15))
+        if _cm_call DELETE "/v1/leases/$CALL_ME_LEASE_ID" 20 -H @"$_cm_state/token-header" && [ "$_cm_status" = 204 ]; then
+            _cm_say "released $CALL_ME_ENVIRONMENT (lease $CALL_ME_LEASE_ID), granted as the job stopped"
+        else
+            _cm_say "could not release lease $CALL_ME_LEASE_ID; it expires after its TTL"
+        fi
+        ;;
+    202)
+        _cm_parse "$_cm_body" && _cm_leave && _cm_say "left the queue"
+        ;;
+    *) _cm_say "its request made nothing that is still held (HTTP $_cm_status)" ;;
+    esac
+}
+
 _cm_release() {
     if [ ! -f "$_cm_state/lease" ]; then
         if [ -f "$_cm_state/ticket" ]; then
@@ -408,6 +438,10 @@ _cm_release() {
             _cm_parse "$(cat "$_cm_state/ticket")"
             _cm_say "the job stopped while waiting; leaving the queue"
             _cm_leave
+        elif [ -f "$_cm_state/request.json" ]; then
+            _cm_settings
+            _cm_say "the job stopped while its request was on its way; asking the server what it made"
+            _cm_withdraw
         else
             _cm_say "no lease to release ($_cm_acquirer did not acquire one)"
         fi

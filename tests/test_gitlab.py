@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .httpproxy import LossyProxy, Request, gateway_error
+from .httpproxy import Exchange, LossyProxy, Request, gateway_error
 from .serverproc import ADMIN_KEY, CLIENT_KEY, ServerProcess, free_port
 from .tooling import import_tool, run_setup, tool_missing
 
@@ -637,3 +637,62 @@ def test_curl_gives_up_on_gateway_errors_after_its_deadline(project: MakeProject
     assert "> never runs" not in pipeline.output
     assert "no lease to release" in pipeline.output
     assert history(server) == []
+
+
+@pytest.mark.parametrize("answer", ["201", "202"])
+def test_curl_job_killed_while_its_first_post_is_answered_gives_back_what_it_made(
+    answer: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    """SIGKILL while the answer to the first POST is on its way (the proxy holds it, then loses it): the server
+    made a lease (or a place in the queue) that the job never learnt of. after_script asks again with the same
+    request_id and gives back what that request made, instead of leaving it to the TTL (or the ticket grace)."""
+    yaml = import_tool("yaml")
+    job = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())[".call-me"]
+    held = None
+    if answer == "202":
+        with server.client(CLIENT_KEY) as http:
+            held = http.post("/v1/leases", json={"environment": "uat", "holder": "someone else"}).json()
+    answered, killed = threading.Event(), threading.Event()
+
+    def hold_then_lose(exchange: Exchange) -> bool:
+        if (exchange.method, exchange.path) != ("POST", "/v1/leases"):
+            return False
+        answered.set()
+        killed.wait(30)
+        return True
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CALL_ME_API_KEY": CLIENT_KEY,
+        "CALL_ME_ENVIRONMENT": "uat",
+        "CALL_ME_CLIENT": "curl",
+        "CI_PROJECT_DIR": str(tmp_path),
+        "CI_JOB_ID": "8",
+    }
+    with LossyProxy(server.port, hold_then_lose) as proxy:
+        script = "set -eo pipefail\n" + job["before_script"][0] + "echo script ran\n"
+        proc = subprocess.Popen(
+            ["bash", "-c", script], env={**env, "CALL_ME_URL": proxy.url}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert answered.wait(15), "the first POST never reached the server"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            killed.set()
+            output, _ = proc.communicate(timeout=30)
+    assert "script ran" not in output
+    assert not (tmp_path / ".call-me" / "8" / "lease").exists()
+    assert not (tmp_path / ".call-me" / "8" / "ticket").exists()
+    after = subprocess.run(
+        ["bash", "-c", job["after_script"][0]], env={**env, "CALL_ME_URL": server.url},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "asking the server what it made" in after.stderr, after.stderr
+    with server.client() as http:
+        uat = http.get("/v1/environments/uat").json()
+        assert uat["queue"] == []
+        assert [lease["holder"] for lease in uat["leases"]] == ([] if held is None else ["someone else"])
+    kinds = [e["kind"] for e in history(server) if e["kind"] != "environment_changed"]
+    expected = ["acquired", "released"] if held is None else ["acquired", "queued", "left"]
+    assert kinds == expected, kinds
