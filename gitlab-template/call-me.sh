@@ -295,6 +295,9 @@ _cm_acquire_curl() {
                 "run the job again later, or ask the server's admin (its /readyz says whether it reaches its store)" ;;
             esac
         fi
+        # An answer came: what the request made is known. request.json stays until that is written down (a 201's
+        # lease by _cm_acquire, a 202's ticket below), in case the job is killed in between.
+        case $_cm_status in 201 | 202) ;; *) rm -f "$_cm_state/request.json" ;; esac
         case $_cm_status in
         201)
             _cm_parse "$_cm_body" || _cm_die 1 "the server's answer is not KEY='value' lines; is CALL_ME_URL a call-me server?"
@@ -311,6 +314,7 @@ _cm_acquire_curl() {
             fi
             # after_script (pre-exit) leaves the queue with it if the job is stopped while it waits.
             _cm_write "$_cm_state/ticket" CALL_ME_TICKET
+            rm -f "$_cm_state/request.json"
             _cm_say "waiting for $_cm_what (position ${CALL_ME_POSITION:-?} in queue, $(($(_cm_now) - _cm_started))s so far)"
             _cm_wait=25 # the server holds a long-poll at most its max_wait (25 s by default)
             ;;
