@@ -4,7 +4,9 @@ arguments and settings are read; apart from main.py so that `--help` imports non
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -45,6 +47,15 @@ async def serve(settings: Settings, secret: ServerSecret) -> int:
     except StoreError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
         return 1
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"call-me-server: {exc.strerror}", file=sys.stderr)
+        await store.close()
+        return 1
+    log.info(
+        "listening on http://%s:%d", f"[{settings.host}]" if ":" in settings.host else settings.host, settings.port
+    )
     # Closed at the application's shutdown: after a stop signal uvicorn raises the signal again once it has shut
     # down, and the process ends there, before the `finally` below (a clean close checkpoints the WAL, releases
     # the lock and writes the exact high-water mark).
@@ -68,10 +79,38 @@ async def serve(settings: Settings, secret: ServerSecret) -> int:
 
     server = _Server(config, [wake_waiters])
     try:
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
+        listener.close()
         await store.close()  # when the application never started (closing twice is harmless)
     return 0 if server.started else 1
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the application starts, as uvicorn would bind it (SO_REUSEADDR; IPv6
+    for a host with a colon); an OSError whose `strerror` is one line saying what to do. uvicorn's own bind logs
+    the bare errno among its start-up lines, after the application has started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} is in use on {host} (another call-me-server?); stop what holds it or set PORT"
+        elif exc.errno == errno.EACCES:
+            why = f"port {port} needs privileges this user lacks; set PORT to 1024 or above"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine; set CALL_ME_HOST (0.0.0.0 for all)"
+        elif isinstance(exc, socket.gaierror):
+            why = f"the host {host!r} does not resolve; set CALL_ME_HOST to an address of this machine"
+        else:
+            why = f"cannot listen on {where}: {exc.strerror or exc}"
+        raise OSError(exc.errno, why) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _connection_limits(settings: Settings) -> ConnectionLimits:

@@ -92,3 +92,25 @@ def test_a_database_the_server_may_not_write_stops_it_with_one_line_saying_what_
     assert len(said) == 1, got.stderr
     assert "permission denied" in said[0] or "read-only" in said[0], said
     assert f"chown -R {os.getuid()}" in said[0], said
+
+
+def test_a_port_in_use_stops_the_server_with_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "first").mkdir()
+    first = ServerProcess(tmp_path / "first")
+    first.start()
+    try:
+        (tmp_path / "second").mkdir()
+        second = ServerProcess(tmp_path / "second", port=first.port)
+        got = subprocess.run(
+            [sys.executable, "-m", "callme.server.main"], env=second.env, capture_output=True, text=True, timeout=60
+        )
+        assert got.returncode == 1
+        assert "Traceback" not in got.stderr, got.stderr
+        said = [line for line in got.stderr.splitlines() if line.startswith("call-me-server:")]
+        assert said == [f"call-me-server: port {first.port} is in use on 127.0.0.1 (another call-me-server?); "
+                        "stop what holds it or set PORT"], got.stderr  # fmt: skip
+        assert "Application startup complete" not in got.stderr  # refused before anything started
+        with first.client() as admin:
+            assert admin.get("/readyz").status_code == 200  # the first one serves on
+    finally:
+        first.stop()
