@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -131,3 +133,19 @@ class ServerProcess:
 
     def client(self, key: str = ADMIN_KEY) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-KEY": key}, timeout=40)
+
+
+@contextlib.contextmanager
+def started_together(procs: list[ServerProcess], timeout: float = 30) -> Iterator[list[ServerProcess]]:
+    """Replicas started all at once (they migrate and apply the config file concurrently), each then waited for;
+    at the end, every one still running is killed."""
+    try:
+        for proc in procs:
+            proc.start(wait=False)
+        for proc in procs:
+            proc.wait_ready(timeout)
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.kill()

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from .history import Record, check_history, load
-from .serverproc import CLIENT_KEY, ServerProcess
+from .serverproc import CLIENT_KEY, ServerProcess, started_together
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -176,16 +176,8 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[list[ServerProcess]]:
     for n in range(2):
         (tmp_path / str(n)).mkdir()
         procs.append(ServerProcess(tmp_path / str(n), database=pg_url, env=env))
-    try:
-        for proc in procs:
-            proc.start(wait=False)
-        for proc in procs:
-            proc.wait_ready(30)
+    with started_together(procs):
         yield procs
-    finally:
-        for proc in procs:
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.kill()
 
 
 def _queued(proc: ServerProcess, environment: str) -> bool:

@@ -35,7 +35,7 @@ import pytest
 
 from .history import Record, check_history
 from .pgserver import PostgresServer
-from .serverproc import CLIENT_KEY, ServerProcess
+from .serverproc import CLIENT_KEY, ServerProcess, started_together
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -160,19 +160,11 @@ def replicas(postgres: PostgresServer, pg_url: str, tmp_path: Path) -> Iterator[
     for n in range(2):
         (tmp_path / str(n)).mkdir()
         procs.append(ServerProcess(tmp_path / str(n), database=pg_url, env=env))
-    try:
-        for proc in procs:
-            proc.start(wait=False)
-        for proc in procs:
-            proc.wait_ready(30)
+    with started_together(procs):
         with procs[0].client() as admin:
             for name in ENVIRONMENTS:
                 assert admin.put(f"/v1/environments/{name}", json={"slots": 1}).status_code == 201
         yield procs
-    finally:
-        for proc in procs:
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.kill()
 
 
 def _name(url: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from .history import Record, check_history
 from .pgserver import PostgresServer
-from .serverproc import CLIENT_KEY, DEFAULT_CONFIG, ServerProcess
+from .serverproc import CLIENT_KEY, DEFAULT_CONFIG, ServerProcess, started_together
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -58,15 +58,9 @@ def running(
     env = {"CALL_ME_SECRET": SECRET, **env}
     procs = [ServerProcess(workdir, database=url, config=CONFIG, env=env) for _ in range(count)]
     try:
-        for proc in procs:
-            proc.start(wait=False)
-        for proc in procs:
-            proc.wait_ready(30)
-        yield procs, url
+        with started_together(procs):
+            yield procs, url
     finally:
-        for proc in procs:
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.kill()
         postgres.drop_database(url)
 
 
