@@ -1,0 +1,321 @@
+"""Webhooks end to end: a real server (SQLite file or PostgreSQL) posts to a real HTTP receiver on 127.0.0.1.
+
+Each event kind arrives signed; a 500 is retried; a delivery survives a restart of the server; a receiver that
+hangs is given up on per attempt and never holds up a lock operation; the log shows it all; the secret is never
+shown, logged or stored in clear; bad declarations are refused with the field named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .receiver import Receiver
+from .serverproc import CLIENT_KEY, DEFAULT_CONFIG, ServerProcess, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+SECRET = "whsec-0123456789-abcdef"
+EVENTS = ["environment.maintenance", "lease.expired", "lease.forced", "lease.held_too_long", "queue.waiting_too_long"]
+# Short retries and a short timeout per attempt, so that the tests see them happen.
+FAST = {"CALL_ME_WEBHOOK_BACKOFF": "0.2", "CALL_ME_WEBHOOK_BACKOFF_MAX": "0.5", "CALL_ME_WEBHOOK_TIMEOUT": "1"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "call-me.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, database: str, *, config: str = DEFAULT_CONFIG, **env: str) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path, database=database, config=config, env={**FAST, **env})
+    proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+
+
+def put_hook(admin: httpx.Client, url: str, events: list[str] = EVENTS, **extra: Any) -> dict[str, Any]:
+    answer = admin.put("/v1/webhooks/ops", json={"url": url, "events": events, "secret": SECRET, **extra})
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def log_of(admin: httpx.Client, name: str = "ops") -> list[dict[str, Any]]:
+    answer = admin.get(f"/v1/webhooks/{name}/deliveries")
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()["deliveries"]
+    return found
+
+
+def wait_log(admin: httpx.Client, done: Any, timeout: float = 30.0, name: str = "ops") -> list[dict[str, Any]]:
+    """The hook's log once `done(log)` holds; fails with the log after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = log_of(admin, name)
+        if done(log):
+            return log
+        assert time.monotonic() < deadline, f"the log never got there: {log}"
+        time.sleep(0.1)
+
+
+def force_release(admin: httpx.Client, environment: str, **acquire: Any) -> dict[str, Any]:
+    lease: dict[str, Any] = admin.post("/v1/leases", json={"environment": environment, **acquire}).json()
+    assert admin.delete(f"/v1/leases/{lease['id']}", params={"force": "true"}).status_code == 204
+    return lease
+
+
+def test_a_hook_declared_in_the_file_hears_of_a_forced_release_signed(
+    tmp_path: Path, database: str, receiver: Receiver
+) -> None:
+    config = DEFAULT_CONFIG + (
+        f'\n[[webhooks]]\nname = "from-file"\nurl = "{receiver.url}"\nevents = ["lease.forced"]\nsecret = "{SECRET}"\n'
+    )
+    with serving(tmp_path, database, config=config) as server, server.client() as admin:
+        listed = admin.get("/v1/webhooks").json()["webhooks"]
+        assert [(h["name"], h["declared_by"], h["secret"]) for h in listed] == [("from-file", "config", "set")]
+        lease = force_release(admin, "uat", holder="org/app#41", metadata={"run_url": "https://ci.example/run/41"})
+
+        (got,) = receiver.wait_for(1)
+        assert got.signed_with(SECRET)
+        assert not got.signed_with(SECRET + "x")
+        body = got.json
+        assert body["event"] == got.headers["x-call-me-event"] == "lease.forced"
+        assert body["environment"] == "uat"
+        assert body["holder"] == "org/app#41"
+        assert body["metadata"] == {"run_url": "https://ci.example/run/41"}
+        assert body["lease"]["id"] == lease["id"]
+        assert body["actor"] == "admin"
+        assert body["id"] == got.headers["x-call-me-delivery"]
+        # The timestamp header repeats the signed `sent_at` of the body, for a receiver to refuse old replays.
+        assert str(body["sent_at"]) == got.headers["x-call-me-timestamp"]
+        log = wait_log(admin, lambda log: log and log[0]["state"] == "delivered", name="from-file")
+        assert [(d["id"], d["event"], d["attempts"], d["last_status"]) for d in log] == [
+            (body["id"], "lease.forced", 1, 200)
+        ]
+
+
+def test_each_event_kind_reaches_the_hook_signed(tmp_path: Path, database: str, receiver: Receiver) -> None:
+    with serving(tmp_path, database) as server, server.client() as admin, server.client(CLIENT_KEY) as client:
+        put_hook(admin, receiver.url)
+        # Thresholds of one second on this environment (the defaults are hours).
+        admin.put("/v1/environments/uat", json={"held_too_long": 1, "waiting_too_long": 1})
+        held = client.post("/v1/leases", json={"environment": "uat", "ttl": 3, "holder": "job-a"}).json()
+        waiting = client.post("/v1/leases", json={"environment": "uat", "holder": "job-b"})
+        assert waiting.status_code == 202
+        by_kind = {}
+        for kind in ("lease.held_too_long", "queue.waiting_too_long", "lease.expired"):  # job-a never renews
+            (by_kind[kind],) = receiver.wait_for(1, kind=kind)
+        admin.put("/v1/environments/uat", json={"maintenance": True, "note": "db upgrade"})
+        (by_kind["environment.maintenance"],) = receiver.wait_for(1, kind="environment.maintenance")
+        force_release(admin, "other", holder="job-c")
+        (by_kind["lease.forced"],) = receiver.wait_for(1, kind="lease.forced")
+
+        assert all(got.signed_with(SECRET) for got in by_kind.values())
+        assert by_kind["lease.held_too_long"].json["lease"]["id"] == held["id"]
+        assert by_kind["lease.held_too_long"].json["lease"]["held_for"] >= 1
+        assert by_kind["queue.waiting_too_long"].json["holder"] == "job-b"
+        assert by_kind["queue.waiting_too_long"].json["ticket"]["waited"] >= 1
+        assert by_kind["lease.expired"].json["lease"]["id"] == held["id"]
+        assert by_kind["environment.maintenance"].json["maintenance"] is True
+        assert by_kind["environment.maintenance"].json["note"] == "db upgrade"
+        assert by_kind["lease.forced"].json["holder"] == "job-c"
+        # Once per lease and per ticket: the sweep looks every second, and tells no one twice (job-b's lease, granted
+        # when job-a's expired, is held too long in its turn: once too).
+        time.sleep(2.5)
+        leases = [r.json["lease"]["id"] for r in receiver.received if r.json["event"] == "lease.held_too_long"]
+        assert leases.count(held["id"]) == 1
+        assert len(leases) == len(set(leases))
+        tickets = [r.json["ticket"]["seq"] for r in receiver.received if r.json["event"] == "queue.waiting_too_long"]
+        assert tickets == [waiting.json()["seq"]]
+        log = wait_log(admin, lambda log: all(d["state"] == "delivered" for d in log))
+        assert {d["event"] for d in log} == set(EVENTS)
+
+
+def test_a_500_is_retried_until_delivered(tmp_path: Path, database: str) -> None:
+    receiver = Receiver(answers=[500, 503])
+    try:
+        with serving(tmp_path, database) as server, server.client() as admin:
+            put_hook(admin, receiver.url, events=["lease.forced"])
+            force_release(admin, "uat")
+            attempts = receiver.wait_for(3)
+            assert len({r.headers["x-call-me-delivery"] for r in attempts}) == 1  # one delivery, tried thrice
+            assert all(r.signed_with(SECRET) for r in attempts)
+            (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "delivered")
+            assert (entry["attempts"], entry["last_status"], entry["last_error"]) == (3, 200, None)
+    finally:
+        receiver.close()
+
+
+def test_a_hook_that_keeps_failing_is_given_up_after_its_attempts(tmp_path: Path) -> None:
+    receiver = Receiver(otherwise=500)
+    try:
+        database = str(tmp_path / "call-me.db")
+        with serving(tmp_path, database, CALL_ME_WEBHOOK_ATTEMPTS="3") as server, server.client() as admin:
+            put_hook(admin, receiver.url, events=["lease.forced"])
+            force_release(admin, "uat")
+            (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "failed")
+            assert (entry["attempts"], entry["last_status"]) == (3, 500)
+            assert entry["last_error"] == "answered HTTP 500"
+            assert entry["next_attempt_at"] is None
+            assert len(receiver.received) == 3
+            assert "event=webhook_gave_up hook=ops" in server.log()
+    finally:
+        receiver.close()
+
+
+def test_a_delivery_survives_a_restart_of_the_server(tmp_path: Path, database: str) -> None:
+    port = free_port()  # nothing listens there yet: the first attempts are refused
+    url = f"http://127.0.0.1:{port}/hook"
+    server = ServerProcess(tmp_path, database=database, env=FAST)
+    server.start()
+    try:
+        with server.client() as admin:
+            put_hook(admin, url, events=["lease.forced"])
+            force_release(admin, "uat", holder="survivor")
+            wait_log(admin, lambda log: log and log[0]["attempts"] >= 1 and log[0]["state"] == "pending")
+        server.kill()  # SIGKILL: nothing is flushed or handed over
+        receiver = Receiver(port=port)
+        try:
+            server.start()
+            (got,) = receiver.wait_for(1)
+            assert got.json["holder"] == "survivor"
+            assert got.signed_with(SECRET)
+            with server.client() as admin:
+                (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "delivered")
+                assert entry["attempts"] >= 2
+        finally:
+            receiver.close()
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+
+
+def test_a_hanging_receiver_times_out_and_never_holds_up_a_lock_operation(tmp_path: Path, database: str) -> None:
+    receiver = Receiver(otherwise="hang")
+    try:
+        with serving(tmp_path, database) as server, server.client(CLIENT_KEY) as client, server.client() as admin:
+            put_hook(admin, receiver.url, events=["lease.forced"])
+            force_release(admin, "uat")
+            receiver.wait_hanging()
+            # While the receiver holds a delivery open, every lock operation completes.
+            for _ in range(20):
+                lease = client.post("/v1/leases", json={"environment": "uat", "queue": False}, timeout=5)
+                assert lease.status_code == 201, lease.text
+                token = {"X-Lease-Token": lease.json()["token"]}
+                assert client.delete(f"/v1/leases/{lease.json()['id']}", headers=token, timeout=5).status_code == 204
+            assert receiver.hanging >= 1, "the lock operations were meant to run while the receiver hung"
+            # The attempt was given up after its timeout, and is tried again.
+            wait_log(admin, lambda log: log and log[0]["last_error"] == "no answer within 1 s")
+            receiver.release()
+            (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "delivered")
+            assert entry["attempts"] >= 2
+    finally:
+        receiver.close()
+
+
+def test_the_slack_format_is_one_line_of_text(tmp_path: Path, receiver: Receiver) -> None:
+    with serving(tmp_path, str(tmp_path / "call-me.db")) as server, server.client() as admin:
+        put_hook(admin, receiver.url, events=["lease.forced"], format="slack")
+        force_release(admin, "uat", holder="org/app#7", metadata={"run_url": "https://ci.example/run/7"})
+        (got,) = receiver.wait_for(1)
+        assert set(got.json) == {"text"}
+        assert got.json["text"] == (
+            'call-me: the lease of org/app#7 on "uat" was forcibly ended by admin — https://ci.example/run/7'
+        )
+        assert got.signed_with(SECRET)
+
+
+def test_hooks_are_for_admins_and_never_show_their_secret(tmp_path: Path, receiver: Receiver) -> None:
+    database = tmp_path / "call-me.db"
+    with serving(tmp_path, str(database)) as server, server.client() as admin, server.client(CLIENT_KEY) as client:
+        body = {"url": receiver.url, "events": ["lease.forced"], "secret": SECRET}
+        assert client.put("/v1/webhooks/ops", json=body).status_code == 403
+        assert client.get("/v1/webhooks").status_code == 403
+        assert client.get("/v1/webhooks/ops/deliveries").status_code == 403
+        made = admin.put("/v1/webhooks/ops", json=body)
+        assert made.status_code == 201
+        for answer in (made, admin.get("/v1/webhooks/ops"), admin.get("/v1/webhooks")):
+            assert SECRET not in answer.text
+            assert '"secret":"set"' in answer.text.replace(" ", "")
+        changed = admin.put("/v1/webhooks/ops", json={**body, "events": ["lease.expired", "lease.forced"]})
+        assert changed.status_code == 200
+        assert changed.json()["events"] == ["lease.expired", "lease.forced"]
+        assert admin.delete("/v1/webhooks/ops").status_code == 204
+        assert admin.get("/v1/webhooks/ops").status_code == 404
+        admin.put("/v1/webhooks/ops", json=body)
+    # Stored sealed: not in the database, nor in its write-ahead log, nor in the server's log.
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("call-me.db*") if p.is_file())
+    assert SECRET.encode() not in raw
+    assert SECRET not in server.log()
+    with sqlite3.connect(database) as conn:
+        (sealed,) = conn.execute("SELECT secret FROM webhooks WHERE name = 'ops'").fetchone()
+    assert sealed.startswith("s1.")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"url": "ftp://hooks.example/x"}, "url"),
+        ({"url": "hooks.example/x"}, "url"),
+        ({"url": "http://"}, "url"),
+        ({"url": "https://user:pw@hooks.example/x"}, "url"),
+        ({"url": 7}, "url"),
+        ({"events": []}, "events"),
+        ({"events": ["lease.acquired"]}, "events"),
+        ({"events": "lease.forced"}, "events"),
+        ({"secret": "short"}, "secret"),
+        ({"format": "xml"}, "format"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_declaration_is_refused_naming_the_field(
+    server: ServerProcess, change: dict[str, Any], field: str
+) -> None:
+    body = {"url": "https://hooks.example/x", "events": ["lease.forced"], "secret": SECRET, **change}
+    with server.client() as admin:
+        answer = admin.put("/v1/webhooks/ops", json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == field
+        assert admin.get("/v1/webhooks/ops").status_code == 404
+
+
+def test_a_bad_name_or_limit_is_refused(server: ServerProcess) -> None:
+    body = {"url": "https://hooks.example/x", "events": ["lease.forced"], "secret": SECRET}
+    with server.client() as admin:
+        assert admin.put("/v1/webhooks/-bad", json=body).status_code == 422
+        assert admin.put("/v1/webhooks/ok", json=body).status_code == 201
+        assert admin.get("/v1/webhooks/ok/deliveries", params={"limit": "0"}).status_code == 422
+        assert admin.get("/v1/webhooks/ok/deliveries", params={"limit": "x"}).status_code == 422
+        assert admin.get("/v1/webhooks/ok/deliveries", params={"limit": "5"}).status_code == 200
+
+
+def test_a_bad_hook_in_the_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+    config = DEFAULT_CONFIG + '\n[[webhooks]]\nname = "x"\nurl = "ftp://h/x"\nevents = ["lease.forced"]\nsecret = "s"\n'
+    proc = ServerProcess(tmp_path, config=config)
+    proc.start(wait=False)
+    assert proc.proc is not None
+    assert proc.proc.wait(15) == 2
+    assert "webhooks[0].url: must start with http:// or https://" in proc.log()
