@@ -213,6 +213,30 @@ def test_a_delivery_survives_a_restart_of_the_server(tmp_path: Path, database: s
             server.kill()
 
 
+def test_a_server_killed_mid_attempt_takes_its_delivery_over_at_start_up(tmp_path: Path) -> None:
+    # A long timeout: the killed process's claim would hold the delivery for 25 s; a SQLite server, the only
+    # process on its file, takes it over at once instead.
+    receiver = Receiver(answers=["hang"])
+    server = ServerProcess(tmp_path, env={**FAST, "CALL_ME_WEBHOOK_TIMEOUT": "20"})
+    server.start()
+    try:
+        with server.client() as admin:
+            put_hook(admin, receiver.url, events=["lease.forced"])
+            force_release(admin, "uat")
+            receiver.wait_hanging()
+        server.kill()
+        server.start()
+        first, again = receiver.wait_for(2, timeout=15)
+        assert first.headers["x-call-me-delivery"] == again.headers["x-call-me-delivery"]  # at least once
+        with server.client() as admin:
+            (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "delivered", timeout=15)
+            assert entry["attempts"] == 1  # the killed attempt never got to record itself
+    finally:
+        receiver.close()
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+
+
 def test_a_hanging_receiver_times_out_and_never_holds_up_a_lock_operation(tmp_path: Path, database: str) -> None:
     receiver = Receiver(otherwise="hang")
     try:
