@@ -343,3 +343,33 @@ def test_a_bad_hook_in_the_file_stops_the_start_naming_it(tmp_path: Path) -> Non
     assert proc.proc is not None
     assert proc.proc.wait(15) == 2
     assert "webhooks[0].url: must start with http:// or https://" in proc.log()
+
+
+def test_replicas_on_postgresql_deliver_each_row_once(tmp_path: Path, pg_url: str, receiver: Receiver) -> None:
+    replicas = [ServerProcess(tmp_path, database=pg_url, env=FAST) for _ in range(2)]
+    for proc in replicas:
+        proc.start()
+    admins = [proc.client() for proc in replicas]
+    try:
+        put_hook(admins[0], receiver.url)
+        admins[1].put("/v1/environments/long", json={"held_too_long": 1})
+        held = admins[1].post("/v1/leases", json={"environment": "long", "holder": "slow-job"}).json()
+        for i in range(10):
+            force_release(admins[i % 2], f"env-{i}", holder=f"job-{i}")
+        receiver.wait_for(10, kind="lease.forced")
+        receiver.wait_for(1, kind="lease.held_too_long")
+        wait_log(admins[1], lambda log: len(log) == 11 and all(d["state"] == "delivered" for d in log))
+        time.sleep(2.5)  # both replicas sweep and claim every second: neither tells anything again
+        ids = [r.headers["x-call-me-delivery"] for r in receiver.received]
+        assert len(ids) == len(set(ids)) == 11
+        assert sorted(r.json["holder"] for r in receiver.received if r.json["event"] == "lease.forced") == sorted(
+            f"job-{i}" for i in range(10)
+        )
+        (alert,) = [r.json for r in receiver.received if r.json["event"] == "lease.held_too_long"]
+        assert alert["lease"]["id"] == held["id"]
+    finally:
+        for admin in admins:
+            admin.close()
+        for proc in replicas:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.kill()
