@@ -180,4 +180,5 @@ WEBHOOK_ALERT_INTERVAL = 1.0  # how often the sweep looks for leases held and ti
 ALERT_BATCH = 100  # ... and how many of each it announces at most per look
 MAX_DELIVERY_LOG = 200
 DEFAULT_DELIVERY_LOG = 50
+DASHBOARD_DELIVERIES = 20  # per hook on the dashboard's webhooks page
 MAX_WEBHOOK_ERROR_LENGTH = 300

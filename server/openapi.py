@@ -614,6 +614,14 @@ def _live_paths() -> dict[str, Schema]:
                 ],
             )
         },
+        "/ui/webhooks": {
+            "get": _op(
+                "dashboardWebhooks",
+                "The webhooks and their recent deliveries (admin)",
+                {"200": _html("the webhooks"), "303": _bare("sign in first"), **_page_errors(403, 503)},
+                security=session,
+            )
+        },
         "/ui/static/{file}": {
             "parameters": [_parameter("file", "path", {"enum": ["dashboard.js", "dashboard.css"]}, "the file")],
             "get": _op(

@@ -260,6 +260,33 @@ def test_a_hanging_receiver_times_out_and_never_holds_up_a_lock_operation(tmp_pa
         receiver.close()
 
 
+def test_the_dashboard_shows_each_hook_and_its_delivery_log_to_admins(tmp_path: Path) -> None:
+    receiver = Receiver(answers=[500])
+    try:
+        with serving(tmp_path, str(tmp_path / "call-me.db")) as server, server.client() as admin:
+            put_hook(admin, receiver.url + "/token-of-the-receiver", events=["lease.forced"])
+            force_release(admin, "uat")
+            (entry,) = wait_log(admin, lambda log: log and log[0]["state"] == "delivered")
+            page = admin.get("/ui/webhooks")
+            assert page.status_code == 200
+            text = page.text
+            assert f"<code>{entry['id']}</code>" in text
+            assert "<td>lease.forced</td>" in text
+            assert "<td>delivered</td>" in text
+            assert "<td>2</td>" in text  # attempts: the 500, then the 200
+            assert "HTTP 200" in text
+            assert f"http://127.0.0.1:{receiver.port}/…" in text
+            assert "token-of-the-receiver" not in text  # only the scheme and host of a URL, which may be a secret
+            assert SECRET not in text
+            assert 'href="/ui/webhooks"' in admin.get("/").text
+            with server.client(CLIENT_KEY) as client:
+                assert client.get("/ui/webhooks").status_code == 403
+                assert 'href="/ui/webhooks"' not in client.get("/").text
+            assert httpx.get(server.url + "/ui/webhooks").status_code == 303
+    finally:
+        receiver.close()
+
+
 def test_the_slack_format_is_one_line_of_text(tmp_path: Path, receiver: Receiver) -> None:
     with serving(tmp_path, str(tmp_path / "call-me.db")) as server, server.client() as admin:
         put_hook(admin, receiver.url, events=["lease.forced"], format="slack")
