@@ -200,9 +200,15 @@ def body(delivery: Delivery, fmt: str, sent_at: float) -> bytes:
     Slack/Teams message that tells the same."""
     payload: JSONObject = json.loads(delivery.payload)
     if fmt == "slack":
-        return json.dumps({"text": text(payload)}, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps({"text": chat_escape(text(payload))}, separators=(",", ":"), ensure_ascii=False).encode()
     full = {"id": f"d_{delivery.id}", **payload, "sent_at": int(sent_at)}
     return json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chat_escape(line: str) -> str:
+    """Slack reads `<...>` as a link or a mention (`<!channel>` pings everyone) and wants `&`, `<` and `>` escaped
+    as HTML entities: a holder's name, which any client chooses, must stay plain text."""
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def signature(secret: str, raw: bytes) -> str:

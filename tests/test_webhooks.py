@@ -297,6 +297,12 @@ def test_the_slack_format_is_one_line_of_text(tmp_path: Path, receiver: Receiver
             'call-me: the lease of org/app#7 on "uat" was forcibly ended by admin — https://ci.example/run/7'
         )
         assert got.signed_with(SECRET)
+        # What a client chose stays text: no mention of everyone in the channel.
+        force_release(admin, "uat", holder="<!channel> & co")
+        (_, got) = receiver.wait_for(2)
+        assert (
+            got.json["text"] == 'call-me: the lease of &lt;!channel&gt; &amp; co on "uat" was forcibly ended by admin'
+        )
 
 
 def test_hooks_are_for_admins_and_never_show_their_secret(tmp_path: Path, receiver: Receiver) -> None:
