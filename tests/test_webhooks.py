@@ -287,6 +287,27 @@ def test_the_dashboard_shows_each_hook_and_its_delivery_log_to_admins(tmp_path: 
         receiver.close()
 
 
+def test_the_readme_verification_snippet_accepts_a_real_delivery_and_refuses_a_forged_one(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("\n## Webhooks: hear about stuck environments first\n")
+    opening = readme.index("```python\n", start) + len("```python\n")
+    namespace: dict[str, Any] = {}
+    exec(readme[opening : readme.index("```\n", opening)], namespace)  # noqa: S102 - README's own snippet
+    verify = namespace["verify"]
+    with serving(tmp_path, str(tmp_path / "call-me.db")) as server, server.client() as admin:
+        put_hook(admin, receiver.url, events=["lease.forced"])
+        force_release(admin, "uat", holder="checked")
+        (got,) = receiver.wait_for(1)
+    signature = got.headers["x-call-me-signature"]
+    assert verify(SECRET, got.body, signature)["holder"] == "checked"
+    with pytest.raises(ValueError, match="bad signature"):
+        verify(SECRET, got.body.replace(b"checked", b"forged!"), signature)
+    with pytest.raises(ValueError, match="bad signature"):
+        verify("another-secret-entirely", got.body, signature)
+
+
 def test_the_slack_format_is_one_line_of_text(tmp_path: Path, receiver: Receiver) -> None:
     with serving(tmp_path, str(tmp_path / "call-me.db")) as server, server.client() as admin:
         put_hook(admin, receiver.url, events=["lease.forced"], format="slack")
