@@ -390,6 +390,41 @@ def test_a_bad_name_or_limit_is_refused(server: ServerProcess) -> None:
         assert admin.get("/v1/webhooks/ok/deliveries", params={"limit": "5"}).status_code == 200
 
 
+def test_the_file_sets_its_hooks_at_each_start_and_leaves_the_apis_alone(tmp_path: Path) -> None:
+    def hook_toml(name: str, url: str) -> str:
+        return f'\n[[webhooks]]\nname = "{name}"\nurl = "{url}"\nevents = ["lease.forced"]\nsecret = "{SECRET}"\n'
+
+    env_toml = '\n[[environments]]\nname = "uat"\nheld_too_long = 120\n'
+    config = (
+        DEFAULT_CONFIG
+        + env_toml
+        + hook_toml("kept", "https://a.example/1")
+        + hook_toml("dropped", "https://b.example/")
+    )
+    server = ServerProcess(tmp_path, config=config)
+    server.start()
+    try:
+        with server.client() as admin:
+            assert admin.get("/v1/environments/uat").json()["held_too_long"] == 120
+            # An admin changes a file's hook through the API; and adds one of the API's own.
+            body = {"url": "https://a.example/changed", "events": ["lease.expired"], "secret": SECRET}
+            assert admin.put("/v1/webhooks/kept", json=body).status_code == 200
+            assert admin.put("/v1/webhooks/own", json=body).status_code == 201
+        server.stop()
+        # The file changes: "kept" gets a new URL, "dropped" is no longer declared.
+        (tmp_path / "call-me.toml").write_text(DEFAULT_CONFIG + hook_toml("kept", "https://a.example/2"))
+        server.start()
+        with server.client() as admin:
+            hooks = {h["name"]: h for h in admin.get("/v1/webhooks").json()["webhooks"]}
+            assert sorted(hooks) == ["kept", "own"]  # the file's "dropped" went; the API's own stays
+            assert (hooks["kept"]["url"], hooks["kept"]["declared_by"]) == ("https://a.example/2", "config")
+            assert (hooks["own"]["url"], hooks["own"]["declared_by"]) == ("https://a.example/changed", "api")
+            assert hooks["kept"]["secret"] == hooks["own"]["secret"] == "set"
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+
+
 def test_a_bad_hook_in_the_file_stops_the_start_naming_it(tmp_path: Path) -> None:
     config = DEFAULT_CONFIG + '\n[[webhooks]]\nname = "x"\nurl = "ftp://h/x"\nevents = ["lease.forced"]\nsecret = "s"\n'
     proc = ServerProcess(tmp_path, config=config)
