@@ -2,10 +2,10 @@
 
 At least once: a delivery is in the outbox from the commit of the operation that caused it (service_core.py), and
 leaves the pending state only when its receiver answered 2xx or its attempts ran out. To post one, the deliverer
-claims it in a short transaction (claimed_until: the attempt's timeout and a margin; on PostgreSQL, SKIP LOCKED
-so that replicas claiming at once take different rows), posts it with no transaction open, then records the
-outcome in another. A process that dies in between leaves the claim to lapse and the delivery to be claimed again
-(by any replica); a SQLite server, the only process on its file, takes over its own claims at once at start-up.
+claims it (on PostgreSQL in a short transaction: claimed_until, the attempt's timeout and a margin, and SKIP LOCKED
+so that replicas claiming at once take different rows; a SQLite server, the only process on its file, in memory),
+posts it with no transaction open, then records the outcome in another. A process that dies in between leaves
+the claim to lapse and the delivery to be claimed again by any replica (on SQLite at once, at its next start).
 A receiver may therefore see a delivery twice: the `id` of the body (and X-Call-Me-Delivery) tells it so.
 
 Lock operations never wait for it: an operation's commit only wakes the deliverer (an asyncio.Event), and the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from dataclasses import replace
 
@@ -59,9 +58,11 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._transport = transport
-        # A single-process store (SQLite): nobody else can hold a claim, so the first look takes over any left by a
-        # process that died; on PostgreSQL another replica may be posting it, so its claim is left to lapse.
-        self._take_over = store.recheck_interval is None
+        # A single-process store (SQLite): nobody else posts its deliveries, so it claims them in memory
+        # (`_claimed`); on PostgreSQL the claim is a row's claimed_until, which another replica's attempt respects.
+        self._single = store.recheck_interval is None
+        self._claimed: set[int] = set()
+        self._of: dict[asyncio.Task[None], int] = {}  # the delivery each attempt in flight posts
 
     def wake(self) -> None:
         """Deliveries were put in the outbox: look now rather than at the next poll."""
@@ -81,6 +82,7 @@ class Deliverer:
                         for delivery, hook in await self._claim(room):
                             task = asyncio.ensure_future(self._attempt(client, delivery, hook))
                             self._inflight.add(task)
+                            self._of[task] = delivery.id
                             task.add_done_callback(self._done)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(WEBHOOK_POLL_INTERVAL):
@@ -94,24 +96,35 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._claimed.discard(self._of[task])
+        del self._of[task]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=webhook_attempt_failed", exc_info=task.exception())  # recorded nothing: tried again
         self._wake.set()  # a slot is free
 
     async def _claim(self, room: int) -> list[tuple[Delivery, Webhook | None]]:
         hold = self._settings.webhook_timeout + WEBHOOK_CLAIM_MARGIN
-        take_over = self._take_over
+        busy = set(self._claimed)
 
-        def fn(tx: Tx) -> list[tuple[Delivery, Webhook | None]]:
+        def claim(tx: Tx) -> list[tuple[Delivery, Webhook | None]]:
             now = tx.now()
-            claimed = tx.claim_deliveries(now, now + hold, room, math.inf if take_over else now)
+            claimed = tx.claim_deliveries(now, now + hold, room, now)
             hooks = {h.name: h for h in tx.webhooks()} if claimed else {}
             return [(d, hooks.get(d.hook)) for d in claimed]
 
+        def look(tx: Tx) -> list[tuple[Delivery, Webhook | None]]:
+            due = [d for d in tx.due_deliveries(tx.now(), room + len(busy)) if d.id not in busy][:room]
+            hooks = {h.name: h for h in tx.webhooks()} if due else {}
+            return [(d, hooks.get(d.hook)) for d in due]
+
         try:
-            found = await self._store.transact(fn)
+            # A single-process store (SQLite) keeps its claims in memory: a read, and no commit to wait for; a
+            # process that dies takes them with it, and its next start finds the deliveries due again.
+            found = await (self._store.read(look) if self._single else self._store.transact(claim))
         except StoreError as exc:
             log.warning("event=webhook_claim_failed error=%s", exc)  # the next look tries again
             return []
-        self._take_over = False
+        self._claimed.update(d.id for d, _ in found)
         return found
 
     async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery, hook: Webhook | None) -> None:

@@ -99,6 +99,11 @@ class Tx(Protocol):
         transaction meanwhile is skipped, not waited for."""
         ...
 
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        """Up to `limit` pending deliveries due by `now`, oldest due first, claimed or not (a single-process store
+        keeps its claims in memory: delivery.py)."""
+        ...
+
     def finish_attempt(self, delivery: Delivery) -> None:
         """Record an attempt's outcome: the delivery's state, attempts, next_at, last_status, last_error and
         delivered_at as given, and its claim released."""

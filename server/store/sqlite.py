@@ -296,6 +296,14 @@ class SQLiteTx:
         )
         return sorted((delivery_from(r) for r in rows), key=lambda d: (d.next_at or 0, d.id))
 
+    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+        rows = self._all(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [delivery_from(r) for r in rows]
+
     def finish_attempt(self, delivery: Delivery) -> None:
         d = delivery
         self._conn.execute(
