@@ -163,7 +163,7 @@ class Deliverer:
             now = tx.now()
             if error is None:
                 done = replace(delivery, state="delivered", delivered_at=now, next_at=None)
-            elif attempts >= settings.webhook_attempts or delivery.hook is None:
+            elif attempts >= settings.webhook_attempts:
                 done = replace(delivery, state="failed", next_at=None)
             else:
                 wait = backoff(attempts, settings.webhook_backoff, settings.webhook_backoff_max)
