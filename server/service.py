@@ -59,10 +59,6 @@ class Service:
         self._housekeeping = Housekeeping(core)
         self._webhooks = WebhookAdministration(core)
 
-    @property
-    def secret(self) -> ServerSecret:
-        return self._core.secret
-
     def on_outbox(self, wake: Callable[[], None]) -> None:
         """Have `wake()` called after every commit of this process that put deliveries in the outbox."""
         self._core.outbox_filled = wake

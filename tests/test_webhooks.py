@@ -353,6 +353,40 @@ def test_hooks_are_for_admins_and_never_show_their_secret(tmp_path: Path, receiv
     assert sealed.startswith("s1.")
 
 
+def test_a_hook_sealed_with_a_server_secret_now_gone_says_so(tmp_path: Path, receiver: Receiver) -> None:
+    old, new = "the-old-server-secret-0123456789abcdef", "the-new-server-secret-0123456789abcdef"
+    server = ServerProcess(tmp_path, env={**FAST, "CALL_ME_SECRET": old})
+    server.start()
+    try:
+        with server.client() as admin:
+            put_hook(admin, receiver.url, events=["lease.forced"])
+        server.stop()
+        server.env.update({"CALL_ME_SECRET": new, "CALL_ME_SECRET_PREVIOUS": old})  # a rotation: still opens
+        server.start()
+        with server.client() as admin:
+            assert admin.get("/v1/webhooks/ops").json()["secret"] == "set"
+            force_release(admin, "uat")
+            assert receiver.wait_for(1)[0].signed_with(SECRET)
+        server.stop()
+        del server.env["CALL_ME_SECRET_PREVIOUS"]  # the old secret gone: the hook cannot sign any more
+        server.start()
+        with server.client() as admin:
+            assert admin.get("/v1/webhooks/ops").json()["secret"] == "unreadable"
+            force_release(admin, "uat")
+            (entry, _) = wait_log(admin, lambda log: len(log) == 2 and log[0]["attempts"] >= 1)
+            assert "sealed with another server secret" in entry["last_error"]
+            assert len(receiver.received) == 1  # nothing unsigned (or signed with garbage) was sent
+            assert (
+                admin.put(
+                    "/v1/webhooks/ops", json={"url": receiver.url, "events": ["lease.forced"], "secret": SECRET}
+                ).json()["secret"]
+                == "set"
+            )
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
