@@ -77,13 +77,10 @@ class Deliverer:
             try:
                 while True:
                     self._wake.clear()
-                    room = WEBHOOK_CONCURRENCY - len(self._inflight)
-                    if room > 0:
-                        for delivery, hook in await self._claim(room):
-                            task = asyncio.ensure_future(self._attempt(client, delivery, hook))
-                            self._inflight.add(task)
-                            self._of[task] = delivery.id
-                            task.add_done_callback(self._done)
+                    try:
+                        await self._start_attempts(client)
+                    except Exception:  # a bug must not stop every later delivery: said, and the next look goes on
+                        log.exception("event=webhook_look_failed")
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(WEBHOOK_POLL_INTERVAL):
                             await self._wake.wait()
@@ -93,6 +90,15 @@ class Deliverer:
                 for task in list(self._inflight):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+
+    async def _start_attempts(self, client: httpx.AsyncClient) -> None:
+        room = WEBHOOK_CONCURRENCY - len(self._inflight)
+        if room > 0:
+            for delivery, hook in await self._claim(room):
+                task = asyncio.ensure_future(self._attempt(client, delivery, hook))
+                self._inflight.add(task)
+                self._of[task] = delivery.id
+                task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
