@@ -9,7 +9,8 @@ on 127.0.0.1, one client, sequential requests. Measured:
 - `forced`: an acquire + a forced release, whose commit also writes an outbox row per hook that wants it;
 
 each without a hook, with a healthy hook, and with a hook whose receiver hangs (every attempt held until its
-timeout, WEBHOOK_CONCURRENCY attempts in flight all the while). Prints p50/p99 in ms and the JSON of it all.
+timeout, WEBHOOK_CONCURRENCY attempts in flight all the while), the three taking turns in rounds. Prints p50/p99
+in ms and the JSON of it all.
 
     .venv/bin/python bench/webhooks.py              # ~30 s
     .venv/bin/python bench/webhooks.py --samples 50 # a smoke
@@ -64,17 +65,23 @@ def _forced(http: httpx.Client, env: str) -> tuple[float, float]:
     return time.perf_counter() - started, time.time()
 
 
-def _ops(http: httpx.Client, samples: int) -> dict[str, Any]:
-    pairs = [_pair(http, "bench-pair") for _ in range(samples)]
-    forced = [_forced(http, "bench-forced")[0] for _ in range(samples)]
-    return {"pair": _ms(pairs), "forced": _ms(forced)}
+def _set_hook(http: httpx.Client, url: str | None) -> None:
+    if url is None:
+        http.delete("/v1/webhooks/bench")
+        return
+    hook = {"url": url, "events": ["lease.forced"], "secret": SECRET}
+    assert http.put("/v1/webhooks/bench", json=hook).status_code in (200, 201)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=300, help="per kind and configuration")
+    parser.add_argument("--rounds", type=int, default=10, help="the configurations take turns this many times")
     args = parser.parse_args()
-    results: dict[str, Any] = {}
+    per_round = max(1, args.samples // args.rounds)
+    configs = ("no hook", "healthy hook", "hanging hook")
+    samples: dict[str, dict[str, list[float]]] = {c: {"pair": [], "forced": [], "delivery": []} for c in configs}
+    held_open = 0
     with tempfile.TemporaryDirectory() as folder:
         healthy, hanging = Receiver(), Receiver(otherwise="hang")
         server = ServerProcess(Path(folder), env={"CALL_ME_WEBHOOK_TIMEOUT": "2"})
@@ -84,32 +91,35 @@ def main() -> None:
                 for _ in range(20):  # warm-up
                     _pair(http, "bench-pair")
                     _forced(http, "bench-forced")
-                results["no hook"] = _ops(http, args.samples)
-
-                hook = {"url": healthy.url, "events": ["lease.forced"], "secret": SECRET}
-                assert http.put("/v1/webhooks/bench", json=hook).status_code == 201
-                results["healthy hook"] = _ops(http, args.samples)
-                healthy.wait_for(args.samples)  # the forced releases of the run above
-                latencies = []
-                for _ in range(args.samples):
-                    count = len(healthy.received)
-                    _, answered = _forced(http, "bench-forced")
-                    (got,) = healthy.wait_for(count + 1)[count:]
-                    latencies.append(got.at - answered)
-                results["healthy hook"]["delivery"] = _ms(latencies)
-
-                hook["url"] = hanging.url
-                assert http.put("/v1/webhooks/bench", json=hook).status_code == 200
-                _forced(http, "bench-forced")
-                hanging.wait_hanging()
-                results["hanging hook"] = _ops(http, args.samples)
-                results["hanging hook"]["receiver requests held open at the end"] = hanging.hanging
+                # The configurations take turns, so that what else runs on the machine meanwhile falls on each alike.
+                for _ in range(args.rounds):
+                    for config in configs:
+                        _set_hook(
+                            http, {"no hook": None, "healthy hook": healthy.url, "hanging hook": hanging.url}[config]
+                        )
+                        if config == "hanging hook":
+                            _forced(http, "bench-forced")
+                            hanging.wait_hanging()  # a delivery is held open all through the round
+                        got = samples[config]
+                        got["pair"] += [_pair(http, "bench-pair") for _ in range(per_round)]
+                        for _ in range(per_round):
+                            count = len(healthy.received)
+                            took, answered = _forced(http, "bench-forced")
+                            got["forced"].append(took)
+                            if config == "healthy hook":
+                                (arrived,) = healthy.wait_for(count + 1)[count:]
+                                got["delivery"].append(arrived.at - answered)
+                        if config == "hanging hook":
+                            held_open = max(held_open, hanging.hanging)
         finally:
             server.stop()
             healthy.close()
             hanging.close()
+    results: dict[str, Any] = {c: {k: _ms(v) for k, v in samples[c].items() if v} for c in configs}
+    results["hanging hook"]["attempts held open by the receiver"] = held_open
     print(f"{'':>14} {'pair p50/p99 ms':>18} {'forced p50/p99 ms':>19} {'delivery p50/p99 ms':>21}")
-    for name, row in results.items():
+    for name in configs:
+        row = results[name]
         cells = [
             f"{row[k]['p50']:.2f} / {row[k]['p99']:.2f}" if k in row else "-" for k in ("pair", "forced", "delivery")
         ]

@@ -9,8 +9,9 @@ the claim to lapse and the delivery to be claimed again by any replica (on SQLit
 A receiver may therefore see a delivery twice: the `id` of the body (and X-Call-Me-Delivery) tells it so.
 
 Lock operations never wait for it: an operation's commit only wakes the deliverer (an asyncio.Event), and the
-deliverer's transactions are as small as the sweep's. Each attempt is bounded by the timeout as a whole, and at
-most WEBHOOK_CONCURRENCY are in flight, so a receiver that hangs holds up only its own deliveries' slots.
+deliverer's transactions are as small as the sweep's. Each attempt is bounded by the timeout as a whole; at most
+WEBHOOK_CONCURRENCY are in flight, and at most WEBHOOK_PER_HOOK for one hook, so a receiver that hangs holds up
+only its own deliveries.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from dataclasses import replace
 
 import httpx
@@ -28,6 +30,7 @@ from .constants import (
     MAX_WEBHOOK_ERROR_LENGTH,
     WEBHOOK_CLAIM_MARGIN,
     WEBHOOK_CONCURRENCY,
+    WEBHOOK_PER_HOOK,
     WEBHOOK_POLL_INTERVAL,
 )
 from .model import Delivery, Webhook
@@ -62,7 +65,8 @@ class Deliverer:
         # (`_claimed`); on PostgreSQL the claim is a row's claimed_until, which another replica's attempt respects.
         self._single = store.recheck_interval is None
         self._claimed: set[int] = set()
-        self._of: dict[asyncio.Task[None], int] = {}  # the delivery each attempt in flight posts
+        self._of: dict[asyncio.Task[None], Delivery] = {}  # the delivery each attempt in flight posts
+        self._per_hook: Counter[str] = Counter()  # attempts in flight per hook
 
     def wake(self) -> None:
         """Deliveries were put in the outbox: look now rather than at the next poll."""
@@ -97,29 +101,36 @@ class Deliverer:
             for delivery, hook in await self._claim(room):
                 task = asyncio.ensure_future(self._attempt(client, delivery, hook))
                 self._inflight.add(task)
-                self._of[task] = delivery.id
+                self._of[task] = delivery
+                self._per_hook[delivery.hook] += 1
                 task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._claimed.discard(self._of[task])
-        del self._of[task]
+        delivery = self._of.pop(task)
+        self._claimed.discard(delivery.id)
+        self._per_hook[delivery.hook] -= 1
+        if self._per_hook[delivery.hook] <= 0:
+            del self._per_hook[delivery.hook]
         if not task.cancelled() and task.exception() is not None:
             log.error("event=webhook_attempt_failed", exc_info=task.exception())  # recorded nothing: tried again
         self._wake.set()  # a slot is free
 
     async def _claim(self, room: int) -> list[tuple[Delivery, Webhook | None]]:
         hold = self._settings.webhook_timeout + WEBHOOK_CLAIM_MARGIN
-        busy = set(self._claimed)
+        busy = sorted(self._claimed)
+        # A hook with WEBHOOK_PER_HOOK attempts in flight (a receiver that hangs, say) gets no more until one ends,
+        # so that it never holds up every other hook's deliveries.
+        full = sorted(hook for hook, count in self._per_hook.items() if count >= WEBHOOK_PER_HOOK)
 
         def claim(tx: Tx) -> list[tuple[Delivery, Webhook | None]]:
             now = tx.now()
-            claimed = tx.claim_deliveries(now, now + hold, room, now)
+            claimed = tx.claim_deliveries(now, now + hold, room, now, full)
             hooks = {h.name: h for h in tx.webhooks()} if claimed else {}
             return [(d, hooks.get(d.hook)) for d in claimed]
 
         def look(tx: Tx) -> list[tuple[Delivery, Webhook | None]]:
-            due = [d for d in tx.due_deliveries(tx.now(), room + len(busy)) if d.id not in busy][:room]
+            due = tx.due_deliveries(tx.now(), room * WEBHOOK_PER_HOOK, busy, full)
             hooks = {h.name: h for h in tx.webhooks()} if due else {}
             return [(d, hooks.get(d.hook)) for d in due]
 
@@ -130,6 +141,14 @@ class Deliverer:
         except StoreError as exc:
             log.warning("event=webhook_claim_failed error=%s", exc)  # the next look tries again
             return []
+        if self._single:  # at most room, and at most WEBHOOK_PER_HOOK per hook (a claim on PostgreSQL is taken)
+            taking: Counter[str] = Counter(self._per_hook)
+            kept: list[tuple[Delivery, Webhook | None]] = []
+            for delivery, hook in found:
+                if len(kept) < room and taking[delivery.hook] < WEBHOOK_PER_HOOK:
+                    taking[delivery.hook] += 1
+                    kept.append((delivery, hook))
+            found = kept
         self._claimed.update(d.id for d, _ in found)
         return found
 

@@ -129,6 +129,10 @@ def test_the_webhook_outbox_claims_each_delivery_once_until_its_claim_lapses(ope
     first = opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", "uat", '{"a":1}', 100.0))
     second = opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", None, '{"a":2}', 200.0))
     claim = lambda now, until, lapsed: opened.tx(lambda tx: tx.claim_deliveries(now, until, 10, lapsed))  # noqa: E731
+    due = lambda now, **skip: [d.id for d in opened.tx(lambda tx: tx.due_deliveries(now, 10, **skip))]  # noqa: E731
+    assert (due(99.0), due(150.0), due(250.0)) == ([], [first], [first, second])
+    assert (due(250.0, skip_ids=[first]), due(250.0, skip_hooks=["ops"])) == ([second], [])
+    assert opened.tx(lambda tx: tx.claim_deliveries(250.0, 260.0, 10, 250.0, ["ops"])) == []  # a full hook
     assert claim(99.0, 150.0, 99.0) == []  # nothing due yet
     (taken,) = claim(150.0, 160.0, 150.0)  # the second is not due until 200
     assert (taken.id, taken.payload, taken.state, taken.claimed_until) == (first, '{"a":1}', "pending", 160.0)

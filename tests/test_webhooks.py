@@ -260,6 +260,24 @@ def test_a_hanging_receiver_times_out_and_never_holds_up_a_lock_operation(tmp_pa
         receiver.close()
 
 
+def test_a_hanging_receiver_never_holds_up_another_hooks_deliveries(tmp_path: Path, database: str) -> None:
+    hanging, healthy = Receiver(otherwise="hang"), Receiver()
+    try:
+        # A long timeout: the hanging receiver's attempts stay in flight for the whole test.
+        with serving(tmp_path, database, CALL_ME_WEBHOOK_TIMEOUT="60") as server, server.client() as admin:
+            for name, receiver in (("a-hangs", hanging), ("b-answers", healthy)):
+                body = {"url": receiver.url, "events": ["lease.forced"], "secret": SECRET}
+                assert admin.put(f"/v1/webhooks/{name}", json=body).status_code == 201
+            for i in range(12):  # more than every attempt a replica has in flight at once
+                force_release(admin, "uat", holder=f"job-{i}")
+            got = healthy.wait_for(12, timeout=20)
+            assert sorted(r.json["holder"] for r in got) == sorted(f"job-{i}" for i in range(12))
+            assert 1 <= hanging.hanging <= 2  # a hook has two attempts in flight at most
+    finally:
+        hanging.close()
+        healthy.close()
+
+
 def test_the_dashboard_shows_each_hook_and_its_delivery_log_to_admins(tmp_path: Path) -> None:
     receiver = Receiver(answers=[500])
     try:

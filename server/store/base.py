@@ -93,15 +93,19 @@ class Tx(Protocol):
         """Put a delivery in the outbox, due at `at`; returns its id."""
         ...
 
-    def claim_deliveries(self, now: float, until: float, limit: int, lapsed: float) -> list[Delivery]:
-        """Up to `limit` pending deliveries due by `now` and claimed by nobody (or by a claim that ended before
-        `lapsed`), oldest due first, now claimed until `until`; a delivery claimed by another replica's
-        transaction meanwhile is skipped, not waited for."""
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """Up to `limit` pending deliveries due by `now`, not to `skip_hooks`, and claimed by nobody (or by a claim
+        that ended before `lapsed`), oldest due first, now claimed until `until`; a delivery claimed by another
+        replica's transaction meanwhile is skipped, not waited for."""
         ...
 
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        """Up to `limit` pending deliveries due by `now`, oldest due first, claimed or not (a single-process store
-        keeps its claims in memory: delivery.py)."""
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """Up to `limit` pending deliveries due by `now`, oldest due first, but `skip_ids` and those to `skip_hooks`,
+        claimed or not (a single-process store keeps its claims in memory: delivery.py)."""
         ...
 
     def finish_attempt(self, delivery: Delivery) -> None:

@@ -542,22 +542,27 @@ class PostgresTx:
         assert row is not None
         return int(row["id"])
 
-    def claim_deliveries(self, now: float, until: float, limit: int, lapsed: float) -> list[Delivery]:
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
         # SKIP LOCKED: replicas claiming at once each take other rows, and none waits for another's claim; the
         # claimed_until they write keeps a delivery in flight from being claimed again after their commit.
         rows = self._all(
             "UPDATE webhook_deliveries SET claimed_until = %s WHERE id IN (SELECT id FROM webhook_deliveries "
             "WHERE state = 'pending' AND next_at <= %s AND (claimed_until IS NULL OR claimed_until < %s) "
+            "AND NOT hook = ANY(%s::text[]) "
             f"ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {DELIVERY_COLUMNS}",
-            (until, now, lapsed, limit),
+            (until, now, lapsed, list(skip_hooks), limit),
         )
         return sorted((delivery_from(r) for r in rows), key=lambda d: (d.next_at or 0, d.id))
 
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
         rows = self._all(
             f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= %s "
-            "ORDER BY next_at, id LIMIT %s",
-            (now, limit),
+            "AND NOT id = ANY(%s::bigint[]) AND NOT hook = ANY(%s::text[]) ORDER BY next_at, id LIMIT %s",
+            (now, list(skip_ids), list(skip_hooks), limit),
         )
         return [delivery_from(r) for r in rows]
 

@@ -286,21 +286,26 @@ class SQLiteTx:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def claim_deliveries(self, now: float, until: float, limit: int, lapsed: float) -> list[Delivery]:
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
         # One writer: the claim cannot race another; it only keeps a delivery in flight from being claimed again.
         rows = self._all(
             f"UPDATE webhook_deliveries SET claimed_until = ? WHERE id IN (SELECT id FROM webhook_deliveries "
             "WHERE state = 'pending' AND next_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) "
-            f"ORDER BY next_at LIMIT ?) RETURNING {DELIVERY_COLUMNS}",
-            (until, now, lapsed, limit),
+            f"AND hook NOT IN (SELECT value FROM json_each(?)) ORDER BY next_at LIMIT ?) RETURNING {DELIVERY_COLUMNS}",
+            (until, now, lapsed, dump(list(skip_hooks)), limit),
         )
         return sorted((delivery_from(r) for r in rows), key=lambda d: (d.next_at or 0, d.id))
 
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
         rows = self._all(
             f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ? "
+            "AND id NOT IN (SELECT value FROM json_each(?)) AND hook NOT IN (SELECT value FROM json_each(?)) "
             "ORDER BY next_at, id LIMIT ?",
-            (now, limit),
+            (now, dump(list(skip_ids)), dump(list(skip_hooks)), limit),
         )
         return [delivery_from(r) for r in rows]
 
