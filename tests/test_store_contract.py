@@ -150,6 +150,9 @@ def test_the_webhook_outbox_claims_each_delivery_once_until_its_claim_lapses(ope
     assert opened.tx(lambda tx: tx.delete_webhook("ops")) is True
     assert opened.tx(lambda tx: tx.deliveries("ops", 10)) == []
     assert opened.tx(lambda tx: tx.delete_webhook("ops")) is False
+    # An id is never given twice, even once every delivery went with its hook: receivers tell deliveries apart by it.
+    opened.tx(lambda tx: tx.save_webhook(hook))
+    assert opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", None, "{}", 400.0)) > second
 
 
 def test_overdue_leases_and_tickets_follow_their_environments_thresholds_and_are_alerted_once(opened: Opened) -> None:

@@ -91,7 +91,7 @@ CREATE TABLE webhooks (
     declared {flag} NOT NULL, created_at {real} NOT NULL, updated_at {real} NOT NULL
 );
 CREATE TABLE webhook_deliveries (
-    id {serial} PRIMARY KEY, hook TEXT NOT NULL, event TEXT NOT NULL, environment TEXT, payload TEXT NOT NULL,
+    id {serial}, hook TEXT NOT NULL, event TEXT NOT NULL, environment TEXT, payload TEXT NOT NULL,
     created_at {real} NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_at {real},
     claimed_until {real}, last_status INTEGER, last_error TEXT, delivered_at {real}
 );
@@ -103,8 +103,10 @@ ALTER TABLE tickets ADD COLUMN alerted_at {real};
 ALTER TABLE environments ADD COLUMN held_too_long {real};
 ALTER TABLE environments ADD COLUMN waiting_too_long {real};
 """
-_WEBHOOKS_SQLITE = _WEBHOOKS.format(flag="INTEGER", real="REAL", serial="INTEGER")
-_WEBHOOKS_POSTGRES = _WEBHOOKS.format(flag="BOOLEAN", real="DOUBLE PRECISION", serial="BIGSERIAL")
+# AUTOINCREMENT: an id is never given again, even once every delivery was deleted with its hook; a receiver tells
+# deliveries apart by it, and an attempt still in flight for a deleted one must not meet a new one by its id.
+_WEBHOOKS_SQLITE = _WEBHOOKS.format(flag="INTEGER", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT")
+_WEBHOOKS_POSTGRES = _WEBHOOKS.format(flag="BOOLEAN", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY")
 
 MIGRATIONS: list[Migration] = [
     Migration(
