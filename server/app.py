@@ -13,10 +13,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import openapi, render, routes_live, routes_maybe, routes_v1
+from . import openapi, render, routes_live, routes_maybe, routes_v1, routes_webhooks
 from .auth import Keyring
 from .clock import Clock
 from .constants import PRUNE_FIRST_DELAY, PRUNE_INTERVAL, SWEEP_INTERVAL
+from .delivery import Deliverer
 from .errors import CallMeError, MethodNotAllowed, NotFound, Unavailable
 from .http import Parts, parts, route
 from .metrics import Metrics, RequestTimer, TimedStore
@@ -122,6 +123,10 @@ def create_app(
         app.state.parts = Parts(settings, service, Keyring(settings.keys, no_auth=settings.no_auth))
         watcher = routes_live.attach(app, service, settings, metrics)
         await service.apply_declared([(e.name, e.change) for e in settings.environments])
+        await service.apply_declared_webhooks([(h.name, h.change) for h in settings.webhooks])
+        deliverer = Deliverer(the_store, the_secret, settings)
+        service.on_outbox(deliverer.wake)
+        delivering = asyncio.create_task(deliverer.run(), name="callme-webhooks")
         heartbeat = asyncio.create_task(service.heartbeat(), name="callme-heartbeat")
         sweeper = asyncio.create_task(_sweeper(service), name="callme-sweeper")
         pruner = asyncio.create_task(_pruner(service), name="callme-pruner")
@@ -131,7 +136,7 @@ def create_app(
             service.waiters.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher  # ends the event streams; it sees the waiters closed within 0.1 s
-            for task in (heartbeat, sweeper, pruner):
+            for task in (heartbeat, sweeper, pruner, delivering):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -143,6 +148,7 @@ def create_app(
         route("/readyz", GET=readyz),
         route("/openapi.json", GET=openapi_json),
         *routes_v1.routes,
+        *routes_webhooks.routes,
         *routes_maybe.routes,
         *routes_live.routes,
     ]

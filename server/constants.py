@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Environment names and labels: any 1..MAX_NAME_LENGTH characters but these, compared exactly (as the original
 # accepted any name). The control characters (C0, DEL, C1), written so that both Python's `re` and the ECMA
@@ -149,3 +149,39 @@ UTILISATION_WINDOW = 24 * 3600
 UTILISATION_EVENTS = 5000  # at most this many recent events are read for the dashboard's summary
 AUTO_ENVIRONMENTS = "_auto"  # the metrics' one label value for every auto-created environment
 LABEL_TICKETS = "_label"  # ... and for a ticket that named a label rather than an environment
+
+# Webhooks (server/webhooks.py, server/delivery.py). Events a hook may ask for; the time-based ones fire once per
+# lease or ticket, when it has been held or waiting longer than its environment's threshold (or these defaults).
+WEBHOOK_EVENTS = (
+    "lease.held_too_long",
+    "queue.waiting_too_long",
+    "lease.forced",
+    "lease.expired",
+    "environment.maintenance",
+)
+WEBHOOK_FORMATS = ("json", "slack")
+DEFAULT_HELD_TOO_LONG = 4 * 3600.0  # seconds a lease may be held before lease.held_too_long
+DEFAULT_WAITING_TOO_LONG = 30 * 60.0  # seconds a ticket may wait before queue.waiting_too_long
+MIN_ALERT_THRESHOLD = 1.0
+MAX_WEBHOOKS = 100
+MAX_WEBHOOK_URL_LENGTH = 2000
+MIN_WEBHOOK_SECRET_LENGTH = 16
+MAX_WEBHOOK_SECRET_LENGTH = 200
+# Delivery: one attempt may take DEFAULT_WEBHOOK_TIMEOUT s; a failed one is tried again after BACKOFF s, doubled
+# after each failure up to BACKOFF_MAX, and given up after ATTEMPTS attempts in all (about 25 minutes with the
+# defaults). A claimed delivery is the claimer's for the timeout and CLAIM_MARGIN more; a replica that died with
+# it leaves it to be claimed again after that.
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
+DEFAULT_WEBHOOK_BACKOFF = 2.0
+DEFAULT_WEBHOOK_BACKOFF_MAX = 300.0
+DEFAULT_WEBHOOK_ATTEMPTS = 10
+WEBHOOK_CLAIM_MARGIN = 5.0
+WEBHOOK_POLL_INTERVAL = 1.0  # how often the deliverer looks for deliveries due (retries, other replicas' rows)
+WEBHOOK_CONCURRENCY = 8  # attempts in flight at once per replica ...
+WEBHOOK_PER_HOOK = 2  # ... and for one hook: a receiver that hangs never takes every slot
+WEBHOOK_ALERT_INTERVAL = 1.0  # how often the sweep looks for leases held and tickets waiting too long ...
+ALERT_BATCH = 100  # ... and how many of each it announces at most per look
+MAX_DELIVERY_LOG = 200
+DEFAULT_DELIVERY_LOG = 50
+DASHBOARD_DELIVERIES = 20  # per hook on the dashboard's webhooks page
+MAX_WEBHOOK_ERROR_LENGTH = 300

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import jinja2
 from starlette.requests import Request
@@ -21,13 +21,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from . import overview, validation
 from .auth import Keyring
-from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, UTILISATION_EVENTS
+from .constants import DASHBOARD_DELIVERIES, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, UTILISATION_EVENTS
 from .csrf import check_origin
 from .errors import CallMeError, FormRefused, Invalid, NotFound
 from .http import body, parts, route
 from .live import https, live, require_viewer, session, viewer
 from .model import Principal
 from .render import event_json
+from .routes_webhooks import delivery_json, webhook_json
 from .sessions import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, cookie_name, same
 
 _HERE = Path(__file__).parent
@@ -174,6 +175,32 @@ async def history(request: Request) -> Response:
     )  # fmt: skip
 
 
+async def webhooks_page(request: Request) -> Response:
+    """The webhooks and the last deliveries of each (admins only: a hook's URL may be its receiver's secret, so
+    only its scheme and host are shown here)."""
+    principal = viewer(request)
+    if principal is None:
+        return RedirectResponse("/signin", status_code=303)
+    try:
+        require_viewer(request, "admin")
+        service = parts(request).service
+        hooks = []
+        for view in await service.webhooks():
+            url = urlsplit(view.hook.url)
+            hooks.append(
+                {
+                    "hook": webhook_json(view),
+                    "where": f"{url.scheme}://{url.netloc}/…",
+                    "deliveries": [
+                        delivery_json(d) for d in await service.deliveries(view.hook.name, DASHBOARD_DELIVERIES)
+                    ],
+                }
+            )
+    except CallMeError as exc:
+        return _error_page(request, exc, principal)
+    return _page(request, "webhooks.html", principal=principal, hooks=hooks)
+
+
 async def static(request: Request) -> Response:
     name = request.path_params["file"]
     if name not in _STATIC:
@@ -301,6 +328,7 @@ routes = [
     route("/", GET=home),
     route("/ui/live", GET=fragment),
     route("/ui/history", GET=history),
+    route("/ui/webhooks", GET=webhooks_page),
     route("/ui/static/{file}", GET=static),
     route("/signin", GET=signin_page, POST=signin),
     route("/signout", POST=signout),

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     from .store.base import redact
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request's URL at INFO: a webhook's URL may be its receiver's secret (Slack's and Teams'
+    # are), so only the deliverer's own lines say what happened (delivery.py), naming the hook, never its URL.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     repeats = RepeatLimit()
     for handler in logging.getLogger().handlers:
         handler.addFilter(repeats)

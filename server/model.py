@@ -1,4 +1,4 @@
-"""The records the server keeps: environments, leases, tickets and audit events."""
+"""The records the server keeps: environments, leases, tickets, audit events, webhooks and their deliveries."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class Environment:
     auto: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Seconds a lease may be held, and a ticket wait, before a webhook hears of it; None: the server's default.
+    held_too_long: float | None = None
+    waiting_too_long: float | None = None
 
 
 @dataclass
@@ -114,3 +117,39 @@ class Principal:
     def allows(self, role: Role) -> bool:
         order = ("read", "client", "admin")
         return order.index(self.role) >= order.index(role)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A hook as stored: its secret sealed with the server secret (secret.py), never in clear."""
+
+    name: str
+    url: str
+    events: tuple[str, ...]
+    sealed_secret: str = field(repr=False)
+    format: str = "json"
+    declared: bool = False  # from the configuration file
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event for one hook: an outbox row until it is delivered or given up, then a line of the hook's log."""
+
+    id: int
+    hook: str
+    event: str
+    environment: str | None
+    payload: str  # the JSON of the event, without the per-attempt fields (webhooks.body adds them)
+    created_at: float
+    state: DeliveryState = "pending"
+    attempts: int = 0
+    next_at: float | None = None
+    claimed_until: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None

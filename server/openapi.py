@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import (
+    DEFAULT_DELIVERY_LOG,
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_MAX_TTL,
     DEFAULT_MAX_WAIT,
     MAX_BODY_BYTES,
+    MAX_DELIVERY_LOG,
     MAX_DESCRIPTION_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_HOLDER_LENGTH,
@@ -24,8 +26,14 @@ from .constants import (
     MAX_PROPERTY_VALUE_LENGTH,
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
+    MAX_WEBHOOK_SECRET_LENGTH,
+    MAX_WEBHOOK_URL_LENGTH,
+    MIN_ALERT_THRESHOLD,
     MIN_PRIORITY,
+    MIN_WEBHOOK_SECRET_LENGTH,
     NAME_CONTROL_CHARACTERS,
+    WEBHOOK_EVENTS,
+    WEBHOOK_FORMATS,
 )
 
 Schema = dict[str, Any]
@@ -119,6 +127,17 @@ def _param_ref(name: str) -> Schema:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
+_HOOK_NAME: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"}
+
+
+def _threshold(event: str, what: str) -> Schema:
+    return {
+        "type": "number",
+        "minimum": MIN_ALERT_THRESHOLD,
+        "description": f"seconds {what} before webhooks hear `{event}`; null: the server's default",
+    }
+
+
 def _schemas() -> dict[str, Schema]:
     lease_fields: dict[str, Schema] = {
         "id": _string(1),
@@ -197,6 +216,8 @@ def _schemas() -> dict[str, Schema]:
                 "maintenance": {"type": "boolean"},
                 "note": _or_null(_string()),
                 "auto": {"type": "boolean"},
+                "held_too_long": _or_null({"type": "number"}),
+                "waiting_too_long": _or_null({"type": "number"}),
                 "free": _integer(0),
                 "leases": {"type": "array", "items": _ref("PublicLease")},
                 "queue": {"type": "array", "items": _ref("QueueEntry")},
@@ -210,8 +231,50 @@ def _schemas() -> dict[str, Schema]:
                 "properties": properties,
                 "maintenance": {"type": "boolean"},
                 "note": _or_null(_string(0, MAX_NOTE_LENGTH)),
+                "held_too_long": _or_null(_threshold("lease.held_too_long", "a lease held")),
+                "waiting_too_long": _or_null(_threshold("queue.waiting_too_long", "a ticket waiting")),
             },
             required=(),
+        ),
+        "Webhook": _object(
+            {
+                "name": _HOOK_NAME,
+                "url": _string(1, MAX_WEBHOOK_URL_LENGTH),
+                "events": {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)}},
+                "format": {"enum": list(WEBHOOK_FORMATS)},
+                "secret": {"enum": ["set", "unreadable"], "description": "never the secret itself"},
+                "declared_by": {"enum": ["config", "api"]},
+                "created_at": _TIME,
+                "updated_at": _TIME,
+            }
+        ),
+        "WebhookChange": _object(
+            {
+                "url": _string(1, MAX_WEBHOOK_URL_LENGTH, description="http:// or https:// only"),
+                "events": {
+                    "type": "array",
+                    "items": {"enum": list(WEBHOOK_EVENTS)},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+                "secret": _string(MIN_WEBHOOK_SECRET_LENGTH, MAX_WEBHOOK_SECRET_LENGTH),
+                "format": {"enum": list(WEBHOOK_FORMATS), "default": "json"},
+            },
+            required=("url", "events", "secret"),
+        ),
+        "Delivery": _object(
+            {
+                "id": _string(1),
+                "event": {"enum": list(WEBHOOK_EVENTS)},
+                "environment": _or_null(_NAME),
+                "created_at": _TIME,
+                "state": {"enum": ["pending", "delivered", "failed"]},
+                "attempts": _integer(0),
+                "last_status": _or_null(_integer()),
+                "last_error": _or_null(_string()),
+                "next_attempt_at": _or_null(_TIME),
+                "delivered_at": _or_null(_TIME),
+            }
         ),
         "AcquireRequest": _object(
             {
@@ -275,6 +338,7 @@ def _v1_paths() -> dict[str, Schema]:
     public_lease = _json("the lease, never its token", _ref("PublicLease"))
     environment = _json("the environment", _ref("Environment"))
     lease, ticket, name = _param_ref("LeaseId"), _param_ref("TicketId"), _param_ref("EnvironmentName")
+    hook, webhook = _param_ref("WebhookName"), _json("the webhook", _ref("Webhook"))
     return {
         "/v1/leases": {
             "post": _op(
@@ -370,6 +434,58 @@ def _v1_paths() -> dict[str, Schema]:
                 {"204": _bare("deleted"), **_errors(401, 403, 404, 409, 422, 503)},
                 role="admin",
                 parameters=[_param_ref("Force")],
+            ),
+        },
+        "/v1/webhooks": {
+            "get": _op(
+                "listWebhooks",
+                "Every webhook, in name order (never their secrets)",
+                {
+                    "200": _json("the webhooks", _object({"webhooks": {"type": "array", "items": _ref("Webhook")}})),
+                    **_errors(401, 403, 503),
+                },
+                role="admin",
+            ),
+        },
+        "/v1/webhooks/{name}": {
+            "parameters": [hook],
+            "get": _op("getWebhook", "One webhook", {"200": webhook, **_errors(401, 403, 404, 422, 503)}, role="admin"),
+            "put": _op(
+                "putWebhook",
+                "Create or change a webhook (the file's hooks are set again at start-up)",
+                {
+                    "200": webhook,
+                    "201": _json("created", _ref("Webhook")),
+                    **_errors(400, 401, 403, 409, 413, 422, 503),
+                },
+                role="admin",
+                requestBody=_body(_ref("WebhookChange")),
+            ),
+            "delete": _op(
+                "deleteWebhook",
+                "Delete a webhook with its pending deliveries and its log",
+                {"204": _bare("deleted"), **_errors(401, 403, 404, 422, 503)},
+                role="admin",
+            ),
+        },
+        "/v1/webhooks/{name}/deliveries": {
+            "parameters": [hook],
+            "get": _op(
+                "getWebhookDeliveries",
+                "The webhook's delivery log, newest first",
+                {
+                    "200": _json(
+                        "the deliveries",
+                        _object({"webhook": _HOOK_NAME, "deliveries": {"type": "array", "items": _ref("Delivery")}}),
+                    ),
+                    **_errors(401, 403, 404, 422, 503),
+                },
+                role="admin",
+                parameters=[
+                    _parameter(
+                        "limit", "query", _integer(1, MAX_DELIVERY_LOG, default=DEFAULT_DELIVERY_LOG), "at most"
+                    ),
+                ],
             ),
         },
         "/v1/history": {
@@ -508,6 +624,14 @@ def _live_paths() -> dict[str, Schema]:
                 ],
             )
         },
+        "/ui/webhooks": {
+            "get": _op(
+                "dashboardWebhooks",
+                "The webhooks and their recent deliveries (admin)",
+                {"200": _html("the webhooks"), "303": _bare("sign in first"), **_page_errors(403, 503)},
+                security=session,
+            )
+        },
         "/ui/static/{file}": {
             "parameters": [_parameter("file", "path", {"enum": ["dashboard.js", "dashboard.css"]}, "the file")],
             "get": _op(
@@ -593,6 +717,7 @@ def document() -> dict[str, Any]:
                 "LeaseId": _parameter("lease", "path", _string(1), "the lease id"),
                 "TicketId": _parameter("ticket", "path", _string(1), "the ticket id (secret)"),
                 "EnvironmentName": _parameter("name", "path", _NAME, "the environment"),
+                "WebhookName": _parameter("name", "path", _HOOK_NAME, "the webhook"),
                 "LeaseToken": _parameter("X-Lease-Token", "header", _string(1), "the lease's token"),
                 "Force": _parameter(
                     "force",

@@ -81,6 +81,8 @@ def environment_json(view: EnvironmentView) -> dict[str, Any]:
         "maintenance": env.maintenance,
         "note": env.note,
         "auto": env.auto,
+        "held_too_long": env.held_too_long,
+        "waiting_too_long": env.waiting_too_long,
         "free": max(0, env.slots - len(view.leases)),
         "leases": [lease_json(lease, env) for lease in view.leases],
         "queue": [

@@ -130,6 +130,57 @@ class ServerSecret:
         mac = hmac.new(key, _TICKET + row_id.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
         return _b64(mac[:_TICKET_MAC_BYTES])
 
+    # -- secrets the server must keep (a webhook's): sealed ------------------------------------------------
+
+    def seal(self, plain: str) -> str:
+        """`plain` encrypted and authenticated with the server secret, for the database to keep.
+
+        Encrypt-then-MAC from the standard library alone: a keystream of HMAC-SHA256(enc key, nonce | block
+        number) blocks XORed with the text (HMAC as the PRF of a counter mode), then HMAC-SHA256(mac key, nonce |
+        ciphertext) over it; both keys derived from the server secret, a random 128-bit nonce per seal."""
+        nonce = secrets.token_bytes(_SEAL_NONCE_BYTES)
+        data = plain.encode()
+        enc, mac = _seal_keys(self._keys[0])
+        cipher = bytes(a ^ b for a, b in zip(data, _keystream(enc, nonce, len(data)), strict=True))
+        tag = hmac.new(mac, nonce + cipher, hashlib.sha256).digest()
+        return _SEALED + _b64(nonce + cipher + tag)
+
+    def unseal(self, sealed: str) -> str | None:
+        """The text `seal` sealed, or None when no secret of this server sealed it (or it was altered)."""
+        if not sealed.startswith(_SEALED):
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sealed[len(_SEALED) :] + "=" * (-len(sealed) % 4))
+        except ValueError:
+            return None
+        if len(raw) < _SEAL_NONCE_BYTES + _SEAL_TAG_BYTES:
+            return None
+        nonce, cipher, tag = raw[:_SEAL_NONCE_BYTES], raw[_SEAL_NONCE_BYTES:-_SEAL_TAG_BYTES], raw[-_SEAL_TAG_BYTES:]
+        for key in self._keys:
+            enc, mac = _seal_keys(key)
+            if hmac.compare_digest(tag, hmac.new(mac, nonce + cipher, hashlib.sha256).digest()):
+                plain = bytes(a ^ b for a, b in zip(cipher, _keystream(enc, nonce, len(cipher)), strict=True))
+                return plain.decode("utf-8", "replace")
+        return None
+
+
+_SEALED = "s1."
+_SEAL_NONCE_BYTES = 16
+_SEAL_TAG_BYTES = 32
+
+
+def _seal_keys(key: bytes) -> tuple[bytes, bytes]:
+    return (
+        hmac.new(key, b"callme-seal-encrypt", hashlib.sha256).digest(),
+        hmac.new(key, b"callme-seal-authenticate", hashlib.sha256).digest(),
+    )
+
+
+def _keystream(key: bytes, nonce: bytes, length: int) -> bytes:
+    blocks = (length + 31) // 32
+    stream = b"".join(hmac.new(key, nonce + i.to_bytes(4, "big"), hashlib.sha256).digest() for i in range(blocks))
+    return stream[:length]
+
 
 # -- where the secret comes from --------------------------------------------------------------------------
 

@@ -11,14 +11,15 @@ listeners), one module per concern:
     service_admin.py    create, change and delete environments; apply the configuration file's
     service_reads.py    environments, one lease, the audit log
     service_history.py  the background prune of old history and of auto-created environments nobody uses
+    service_webhooks.py create, change, read and delete webhooks, their delivery log; apply the file's hooks
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .clock import Pauses, Seconds, elapsed
-from .model import Environment, Event, Principal
+from .model import Delivery, Environment, Event, Principal
 from .outcomes import EnvironmentView, Granted, Queued
 from .rules import Floor
 from .secret import ServerSecret
@@ -28,10 +29,12 @@ from .service_history import Housekeeping, Pruned
 from .service_leases import HangUp, Leasing
 from .service_maybe import MaybeTranslation
 from .service_reads import Queries
+from .service_webhooks import WebhookAdministration, WebhookView
 from .settings import Settings
 from .store.base import Store
 from .validation import AcquireRequest, EnvironmentChange
 from .waiters import Waiters
+from .webhooks import WebhookChange
 
 
 class Service:
@@ -54,6 +57,11 @@ class Service:
         self._admin = Administration(core)
         self._queries = Queries(core)
         self._housekeeping = Housekeeping(core)
+        self._webhooks = WebhookAdministration(core)
+
+    def on_outbox(self, wake: Callable[[], None]) -> None:
+        """Have `wake()` called after every commit of this process that put deliveries in the outbox."""
+        self._core.outbox_filled = wake
 
     @property
     def floor(self) -> Floor:
@@ -122,6 +130,29 @@ class Service:
     async def apply_declared(self, declared: Sequence[tuple[str, EnvironmentChange]]) -> None:
         """Create or update the environments of the configuration file (start-up)."""
         await self._admin.apply_declared(declared)
+
+    # -- webhooks ---------------------------------------------------------------------------------------
+
+    async def put_webhook(self, principal: Principal, name: str, change: WebhookChange) -> tuple[WebhookView, bool]:
+        """Create or change a webhook; True when it was created."""
+        return await self._webhooks.put(principal, name, change)
+
+    async def webhook(self, name: str) -> WebhookView:
+        return await self._webhooks.get(name)
+
+    async def webhooks(self) -> list[WebhookView]:
+        return await self._webhooks.all()
+
+    async def delete_webhook(self, principal: Principal, name: str) -> None:
+        await self._webhooks.delete(principal, name)
+
+    async def deliveries(self, name: str, limit: int) -> list[Delivery]:
+        """The hook's delivery log, newest first."""
+        return await self._webhooks.deliveries(name, limit)
+
+    async def apply_declared_webhooks(self, declared: Sequence[tuple[str, WebhookChange]]) -> None:
+        """Set the configuration file's webhooks (start-up)."""
+        await self._webhooks.apply_declared(declared)
 
     # -- reads ------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from .model import Environment, Principal
 from .service_core import Core, Op
 from .store.base import Tx
 from .validation import EnvironmentChange
+from .webhooks import maintenance_notice
 
 
 class Administration:
@@ -38,12 +39,16 @@ class Administration:
                 auto=False,
                 created_at=base.created_at,
                 updated_at=op.now,
+                held_too_long=change.held_too_long if change.held_too_long_given else base.held_too_long,
+                waiting_too_long=(change.waiting_too_long if change.waiting_too_long_given else base.waiting_too_long),
             )
             detail = "created" if old is None else _changes(old, env)
             if old is not None and not detail and skip_unchanged:
                 return old, False
             tx.save_environment(env)
             core.event(op, "environment_changed", name, actor=principal.name, detail=detail or "unchanged")
+            if env.maintenance != (old.maintenance if old is not None else False):
+                op.notices.append(maintenance_notice(env, op.now, principal.name))
             core.settle(tx, op, [name], [*(old.labels if old else ()), *env.labels])
             return env, old is None
 
@@ -86,7 +91,9 @@ class Administration:
 
 def _changes(old: Environment, new: Environment) -> str:
     parts = []
-    for name in ("slots", "labels", "description", "properties", "maintenance", "note"):
+    for name in (
+        "slots", "labels", "description", "properties", "maintenance", "note", "held_too_long", "waiting_too_long"
+    ):  # fmt: skip
         if getattr(old, name) != getattr(new, name):
             parts.append(f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}")
     if old.auto:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import threading
@@ -28,6 +29,7 @@ from .secret import ServerSecret
 from .settings import Settings
 from .store.base import Store, StoreBroken, StoreError, Tx
 from .waiters import Waiters
+from .webhooks import Notice, lease_notice
 
 log = logging.getLogger("callme.service")
 T = TypeVar("T")
@@ -44,6 +46,9 @@ class Op:
     handed: dict[str, Granted] = field(default_factory=dict)
     # Raised after the commit: the operation's changes (such as expiry) stand although it answers an error.
     error: CallMeError | None = None
+    # What webhooks may want to hear; written to the outbox with the operation's other changes.
+    notices: list[Notice] = field(default_factory=list)
+    outboxed: int = 0  # deliveries put in the outbox by the attempt that committed
 
 
 Operation = Callable[[Tx, Op], T]
@@ -69,6 +74,8 @@ class Core:
         self.waiters = Waiters()
         self.listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # Called after a commit that put deliveries in the outbox (the deliverer wakes up: delivery.py).
+        self.outbox_filled: Callable[[], None] = _nothing
         store.subscribe(self._committed_elsewhere)
 
     async def run(self, fn: Operation[T]) -> T:
@@ -78,6 +85,8 @@ class Core:
             op = Op(now=self._begin(tx))  # afresh for each attempt, so a retried attempt starts from nothing
             result = fn(tx, op)
             op.events = [replace(event, id=tx.add_event(event)) for event in op.events]
+            if op.notices:
+                op.outboxed = _outbox(tx, op)
             return op, result
 
         with _unavailable():
@@ -92,6 +101,8 @@ class Core:
         if op.events:
             for listener in self.listeners:
                 listener(op.events)
+        if op.outboxed:
+            self.outbox_filled()
         if op.error is not None:
             raise op.error
         return result
@@ -194,6 +205,11 @@ class Core:
             op, state, lease.environment, lease=lease.id, seq=lease.seq, fence=lease.fence,
             holder=lease.holder, actor=actor, detail=detail,
         )  # fmt: skip
+        if state != "released":
+            # Revoked by someone is forced; expired, or revoked by nobody (granted to a client that never came
+            # back for it), means its holder is gone.
+            kind = "lease.forced" if state == "revoked" and actor is not None else "lease.expired"
+            op.notices.append(lease_notice(kind, lease, op.now, actor=actor, detail=detail))
 
     def grant(self, tx: Tx, op: Op, ticket: Ticket, env: str, *, collect: bool) -> Lease:
         """Grant `env` to a waiting ticket; `collect` when its client must come for it (and is woken to)."""
@@ -281,6 +297,24 @@ class Core:
             position=rules.position(group.envs, group.waiting, ticket),
             group=group,
         )
+
+
+def _nothing() -> None:
+    pass
+
+
+def _outbox(tx: Tx, op: Op) -> int:
+    """Put each notice in the outbox once for every hook that wants it, in the operation's transaction; the
+    number of deliveries put there. Only an operation that left a notice reads the hooks."""
+    hooks = tx.webhooks()
+    count = 0
+    for notice in op.notices:
+        payload = json.dumps(notice.payload, separators=(",", ":"), ensure_ascii=False)
+        for hook in hooks:
+            if notice.kind in hook.events:
+                tx.add_delivery(hook.name, notice.kind, notice.environment, payload, op.now)
+                count += 1
+    return count
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ class Pruned:
     tickets: int = 0
     leases: int = 0
     events: int = 0
+    deliveries: int = 0
     forgotten: int = 0
     batches: int = 0
     largest: int = 0  # the most rows (or environments) one batch looked at
@@ -83,10 +84,14 @@ class Housekeeping:
         def events(tx: Tx, op: Op, limit: int) -> tuple[int, int]:
             return _both(tx.prune_events(cut, limit))
 
+        def deliveries(tx: Tx, op: Op, limit: int) -> tuple[int, int]:
+            return _both(tx.prune_deliveries(cut, limit))
+
         # Tickets before leases: a granted ticket ends with its lease, at the same moment.
         done.tickets = await self._batches(done, PRUNE_BATCH, tickets)
         done.leases = await self._batches(done, PRUNE_BATCH, leases)
         done.events = await self._batches(done, PRUNE_BATCH, events)
+        done.deliveries = await self._batches(done, PRUNE_BATCH, deliveries)  # a webhook's log: as long as events
         done.forgotten = await self._batches(done, FORGET_BATCH, self._forget)
         log.info(
             "event=pruned tickets=%d leases=%d events=%d forgotten=%d batches=%d longest_ms=%.1f",

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from . import rules
-from .constants import AUTO_CREATED
+from .constants import ALERT_BATCH, AUTO_CREATED, WEBHOOK_ALERT_INTERVAL
 from .errors import Busy, Forbidden, Invalid, LeaseGone, Maintenance, NotFound, TicketGone, Unavailable, WrongToken
 from .model import Environment, Lease, Principal, Ticket, request_digest
 from .outcomes import Granted, Queued
@@ -17,6 +17,7 @@ from .service_core import Core, Op, labels, must, names, target_note
 from .store.base import Tx
 from .validation import AcquireRequest
 from .waiters import Parked
+from .webhooks import lease_notice, ticket_notice
 
 HangUp = Callable[[], Awaitable[object]]
 
@@ -31,6 +32,7 @@ class Leasing:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._next_alerts = 0.0  # when the sweep next looks for leases held and tickets waiting too long
 
     # -- acquire ----------------------------------------------------------------------------------------
 
@@ -295,13 +297,32 @@ class Leasing:
         """Expire leases and abandon tickets past their deadlines, and grant what they free. (Old history is
         pruned by a task of its own, in small batches: service_history.py.)"""
         core = self.core
+        alerts = time.monotonic() >= self._next_alerts
+        if alerts:
+            self._next_alerts = time.monotonic() + WEBHOOK_ALERT_INTERVAL
 
         def fn(tx: Tx, op: Op) -> None:
             due_names, due_labels = tx.due(op.now, core.settings.ticket_grace)
             if due_names or due_labels:
                 core.settle(tx, op, due_names, due_labels)
+            if alerts:
+                self._alerts(tx, op)
 
         await core.run(fn)
+
+    def _alerts(self, tx: Tx, op: Op) -> None:
+        """Announce, once each, the leases held and the tickets waiting longer than their environment allows; only
+        when a hook wants to hear of it (until then they are not marked, and a hook added later hears of them)."""
+        wanted = {event for hook in tx.webhooks() for event in hook.events}
+        settings = self.core.settings
+        if "lease.held_too_long" in wanted:
+            for lease in tx.overdue_leases(op.now, settings.held_too_long, ALERT_BATCH):
+                if tx.mark_alerted(lease.id, None, op.now):
+                    op.notices.append(lease_notice("lease.held_too_long", lease, op.now))
+        if "queue.waiting_too_long" in wanted:
+            for ticket in tx.overdue_tickets(op.now, settings.waiting_too_long, ALERT_BATCH):
+                if tx.mark_alerted(None, ticket.id, op.now):
+                    op.notices.append(ticket_notice("queue.waiting_too_long", ticket, op.now))
 
 
 def _what(ticket: Ticket) -> str:

@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import validation
+from . import validation, webhooks
 from .constants import (
     ADMIN_KEY_NAME,
     DEFAULT_AUTO_FORGET_DAYS,
     DEFAULT_DATABASE,
+    DEFAULT_HELD_TOO_LONG,
     DEFAULT_HISTORY_DAYS,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
@@ -27,8 +28,15 @@ from .constants import (
     DEFAULT_SSE_HEARTBEAT,
     DEFAULT_TICKET_GRACE,
     DEFAULT_TTL,
+    DEFAULT_WAITING_TOO_LONG,
+    DEFAULT_WEBHOOK_ATTEMPTS,
+    DEFAULT_WEBHOOK_BACKOFF,
+    DEFAULT_WEBHOOK_BACKOFF_MAX,
+    DEFAULT_WEBHOOK_TIMEOUT,
     MAX_PRIORITY,
     MAX_RETENTION_DAYS,
+    MAX_WEBHOOKS,
+    MIN_ALERT_THRESHOLD,
     MIN_KEY_LENGTH,
     MIN_SECRET_LENGTH,
     NO_AUTH_HOST,
@@ -37,6 +45,7 @@ from .constants import (
 from .errors import ConfigError, Invalid
 from .model import Role
 from .validation import EnvironmentChange
+from .webhooks import WebhookChange
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -53,6 +62,12 @@ class KeyConfig:
 class EnvironmentConfig:
     name: str
     change: EnvironmentChange
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    name: str
+    change: WebhookChange
 
 
 @dataclass(frozen=True)
@@ -88,8 +103,17 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     secret_file: str | None = None
     secret_previous: str | None = field(default=None, repr=False)
+    # Webhooks (webhooks.py, delivery.py): the thresholds of the time-based events where an environment sets
+    # none, and how deliveries are attempted.
+    held_too_long: float = DEFAULT_HELD_TOO_LONG
+    waiting_too_long: float = DEFAULT_WAITING_TOO_LONG
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    webhook_backoff: float = DEFAULT_WEBHOOK_BACKOFF
+    webhook_backoff_max: float = DEFAULT_WEBHOOK_BACKOFF_MAX
+    webhook_attempts: int = DEFAULT_WEBHOOK_ATTEMPTS
     keys: tuple[KeyConfig, ...] = ()
     environments: tuple[EnvironmentConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -191,7 +215,22 @@ def _environment(entry: Any, index: int) -> EnvironmentConfig:
         raise ConfigError(f"{where}.{exc.detail}") from None
 
 
-def _config_file(path: str) -> tuple[tuple[KeyConfig, ...], tuple[EnvironmentConfig, ...]]:
+def _webhook(entry: Any, index: int) -> WebhookConfig:
+    where = f"webhooks[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table")
+    body = dict(entry)
+    try:
+        name = webhooks.hook_name(body.pop("name", f"hook-{index + 1}"))
+        return WebhookConfig(name=name, change=webhooks.change(body))
+    except Invalid as exc:
+        raise ConfigError(f"{where}.{exc.detail}") from None  # the detail names the field, never the secret
+
+
+ConfigFile = tuple[tuple[KeyConfig, ...], tuple[EnvironmentConfig, ...], tuple[WebhookConfig, ...]]
+
+
+def _config_file(path: str) -> ConfigFile:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -199,12 +238,20 @@ def _config_file(path: str) -> tuple[tuple[KeyConfig, ...], tuple[EnvironmentCon
         raise ConfigError(f"CALL_ME_CONFIG: cannot read {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"CALL_ME_CONFIG: {path!r} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"keys", "environments"}
+    unknown = set(data) - {"keys", "environments", "webhooks"}
     if unknown:
         raise ConfigError(f"CALL_ME_CONFIG: unknown section {sorted(unknown)[0]!r} in {path!r}")
     raw_keys, raw_envs = data.get("keys", []), data.get("environments", [])
     if not isinstance(raw_keys, list) or not isinstance(raw_envs, list):
         raise ConfigError(f"CALL_ME_CONFIG: keys and environments must be arrays of tables ([[keys]]) in {path!r}")
+    raw_hooks = data.get("webhooks", [])
+    if not isinstance(raw_hooks, list) or len(raw_hooks) > MAX_WEBHOOKS:
+        raise ConfigError(f"CALL_ME_CONFIG: webhooks must be an array of at most {MAX_WEBHOOKS} tables ([[webhooks]])")
+    hooks = tuple(_webhook(entry, i) for i, entry in enumerate(raw_hooks))
+    hook_names = [h.name for h in hooks]
+    for i, hook in enumerate(hooks):
+        if hook.name in hook_names[:i]:
+            raise ConfigError(f"webhooks[{i}].name: {hook.name!r} is declared twice")
     keys = tuple(_key(entry, i) for i, entry in enumerate(raw_keys))
     envs = tuple(_environment(entry, i) for i, entry in enumerate(raw_envs))
     names = [k.name for k in keys]
@@ -217,7 +264,7 @@ def _config_file(path: str) -> tuple[tuple[KeyConfig, ...], tuple[EnvironmentCon
     for i, env in enumerate(envs):
         if env.name in env_names[:i]:
             raise ConfigError(f"environments[{i}].name: {env.name!r} is declared twice")
-    return keys, envs
+    return keys, envs, hooks
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -249,13 +296,20 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         secret=_secret(env, "CALL_ME_SECRET"),
         secret_file=env.get("CALL_ME_SECRET_FILE") or None,
         secret_previous=_secret(env, "CALL_ME_SECRET_PREVIOUS"),
+        held_too_long=_float(env, "CALL_ME_HELD_TOO_LONG", DEFAULT_HELD_TOO_LONG, MIN_ALERT_THRESHOLD, 1e9),
+        waiting_too_long=_float(env, "CALL_ME_WAITING_TOO_LONG", DEFAULT_WAITING_TOO_LONG, MIN_ALERT_THRESHOLD, 1e9),
+        webhook_timeout=_float(env, "CALL_ME_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT, 0.1, 300),
+        webhook_backoff=_float(env, "CALL_ME_WEBHOOK_BACKOFF", DEFAULT_WEBHOOK_BACKOFF, 0.05, 3600),
+        webhook_backoff_max=_float(env, "CALL_ME_WEBHOOK_BACKOFF_MAX", DEFAULT_WEBHOOK_BACKOFF_MAX, 0.05, 86400),
+        webhook_attempts=_int(env, "CALL_ME_WEBHOOK_ATTEMPTS", DEFAULT_WEBHOOK_ATTEMPTS, 1, 100),
     )
     if settings.secret is not None and settings.secret_file is not None:
         raise ConfigError("CALL_ME_SECRET_FILE: set either CALL_ME_SECRET or CALL_ME_SECRET_FILE, not both")
     keys: tuple[KeyConfig, ...] = ()
     envs: tuple[EnvironmentConfig, ...] = ()
+    hooks: tuple[WebhookConfig, ...] = ()
     if settings.config_path:
-        keys, envs = _config_file(settings.config_path)
+        keys, envs, hooks = _config_file(settings.config_path)
     api_key = env.get("API_KEY")
     if api_key is not None and api_key != "":
         admin = KeyConfig(name=ADMIN_KEY_NAME, role="admin", max_priority=MAX_PRIORITY, sha256=digest(api_key))
@@ -267,4 +321,4 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "API_KEY: no key is configured; set API_KEY (or keys in CALL_ME_CONFIG), "
             "or CALL_ME_NO_AUTH=true for a local trial without authentication"
         )
-    return Settings(**{**settings.__dict__, "keys": keys, "environments": envs})
+    return Settings(**{**settings.__dict__, "keys": keys, "environments": envs, "webhooks": hooks})

@@ -20,6 +20,7 @@ from .constants import (
     MAX_PROPERTY_VALUE_LENGTH,
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
+    MIN_ALERT_THRESHOLD,
     MIN_PRIORITY,
     NAME_NOT_UTF8,
     NAME_REFUSED,
@@ -209,9 +210,21 @@ class EnvironmentChange:
     maintenance: bool | None = None
     note: str | None = None
     note_given: bool = False
+    # Seconds before a webhook hears of a lease held (a ticket waiting) too long; null: the server's default.
+    held_too_long: float | None = None
+    held_too_long_given: bool = False
+    waiting_too_long: float | None = None
+    waiting_too_long_given: bool = False
 
 
-_ENVIRONMENT_FIELDS = frozenset({"slots", "labels", "description", "properties", "maintenance", "note"})
+_ENVIRONMENT_FIELDS = frozenset(
+    {"slots", "labels", "description", "properties", "maintenance", "note", "held_too_long", "waiting_too_long"}
+)
+
+
+def _threshold(body: JSONObject, field: str) -> float | None:
+    value = body.get(field)
+    return number(field, value, MIN_ALERT_THRESHOLD) if value is not None else None
 
 
 def environment_change(body: JSONObject) -> EnvironmentChange:
@@ -227,4 +240,8 @@ def environment_change(body: JSONObject) -> EnvironmentChange:
         maintenance=boolean("maintenance", body["maintenance"]) if "maintenance" in body else None,
         note=text("note", note, MAX_NOTE_LENGTH) if note is not None else None,
         note_given="note" in body,
+        held_too_long=_threshold(body, "held_too_long"),
+        held_too_long_given="held_too_long" in body,
+        waiting_too_long=_threshold(body, "waiting_too_long"),
+        waiting_too_long_given="waiting_too_long" in body,
     )

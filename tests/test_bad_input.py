@@ -82,6 +82,11 @@ def raw(id: str, method: str, path: str, content: bytes, status: int, code: str,
     return Case(id, method, path, status, code, content=content, key=key).param()
 
 
+def hook(id: str, change: dict[str, Any], field: str) -> Any:
+    body = {"url": "https://hooks.example/x", "events": ["lease.forced"], "secret": "0123456789abcdef", **change}
+    return Case(id, "PUT", "/v1/webhooks/bi-hook", 422, "invalid", field, json=body, key=ADMIN_KEY).param()
+
+
 def query(id: str, method: str, path: str, field: str, key: str = ADMIN_KEY) -> Any:
     return Case(id, method, path, 422, "invalid", field, key=key).param()
 
@@ -209,6 +214,33 @@ CASES = [
     # str.isdigit() accepts "²", and int() refuses 5000-digit numbers: each must be a 422 naming the field, not a 500.
     query("history-limit-superscript", "GET", "/v1/history?limit=%C2%B2", "limit"),
     query("history-limit-5000-digits", "GET", "/v1/history?limit=" + "9" * 5000, "limit"),
+    # webhooks (admin)
+    raw("hook-not-json", "PUT", "/v1/webhooks/bi-hook", b"url=http://x", 400, "invalid", key=ADMIN_KEY),
+    raw(
+        "hook-secret-lone-surrogate",
+        "PUT",
+        "/v1/webhooks/bi-hook",
+        b'{"url": "https://h.example/x", "events": ["lease.forced"], "secret": "0123456789abcdef\\ud800"}',
+        400,
+        "invalid",
+        key=ADMIN_KEY,
+    ),
+    hook("hook-url-ftp", {"url": "ftp://h.example/x"}, "url"),
+    hook("hook-url-no-host", {"url": "https:///x"}, "url"),
+    hook("hook-url-bad-port", {"url": "http://h.example:99999/x"}, "url"),
+    hook("hook-url-newline", {"url": "http://h.example/x\nHost: evil"}, "url"),
+    hook("hook-events-unknown", {"events": ["acquired"]}, "events"),
+    hook("hook-events-twice", {"events": ["lease.forced", "lease.forced"]}, "events"),
+    hook("hook-secret-short", {"secret": "x" * 15}, "secret"),
+    hook("hook-secret-number", {"secret": 1234567890123456}, "secret"),
+    hook("hook-format-unknown", {"format": "teams"}, "format"),
+    hook("hook-unknown-field", {"colour": "blue"}, "colour"),
+    query("hook-bad-name", "PUT", "/v1/webhooks/.hidden", "name"),
+    query("hook-deliveries-limit-zero", "GET", "/v1/webhooks/bi-hook/deliveries?limit=0", "limit"),
+    query("hook-deliveries-limit-superscript", "GET", "/v1/webhooks/bi-hook/deliveries?limit=%C2%B2", "limit"),
+    query("hook-deliveries-limit-5000-digits", "GET", "/v1/webhooks/bi-hook/deliveries?limit=" + "9" * 5000, "limit"),
+    put("put-held-too-long-zero", {"held_too_long": 0}, "held_too_long"),
+    put("put-waiting-too-long-string", {"waiting_too_long": "600"}, "waiting_too_long"),
     # leases: renew and release
     renew("renew-ttl-zero", {"ttl": 0}, "ttl"),
     renew("renew-ttl-string", {"ttl": "60"}, "ttl"),
@@ -231,6 +263,14 @@ CASES = [
     Case("wrong-method-maybe", "PATCH", f"/maybe?environment={ENV}", 405, "invalid").param(),
 ]
 
+# The webhook routes are the admin's alone, reads included (a hook's URL may be its receiver's secret).
+WEBHOOK_ROUTES = [
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/bi-hook"),
+    ("PUT", "/v1/webhooks/bi-hook"),
+    ("DELETE", "/v1/webhooks/bi-hook"),
+    ("GET", "/v1/webhooks/bi-hook/deliveries"),
+]
 # Every v1 route (and the document), with placeholders filled from State.
 V1_ROUTES = [
     ("POST", "/v1/leases"),
@@ -244,6 +284,7 @@ V1_ROUTES = [
     ("DELETE", f"/v1/environments/{ENV}"),
     ("GET", "/v1/history"),
     ("GET", "/openapi.json"),
+    *WEBHOOK_ROUTES,
 ]
 WRONG_KEYS = {
     "none": {},
@@ -255,6 +296,8 @@ FORBIDDEN = [
     (CLIENT_KEY, "client", "PUT", f"/v1/environments/{ENV}"),
     (CLIENT_KEY, "client", "DELETE", f"/v1/environments/{ENV}"),
     (CLIENT_KEY, "client", "DELETE", "/v1/leases/{lease}?force=true"),
+    *((READ_KEY, "read", m, p) for m, p in WEBHOOK_ROUTES if m == "GET"),
+    *((CLIENT_KEY, "client", m, p) for m, p in WEBHOOK_ROUTES),
 ]
 
 

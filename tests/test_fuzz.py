@@ -75,8 +75,18 @@ STATUSES: Counter[tuple[str, str, int]] = Counter()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # A long-poll (`wait`) is held at most max_wait: 25 s by default, far too long for generated requests.
-    proc = ServerProcess(tmp_path_factory.mktemp("fuzz"), env={"CALL_ME_MAX_WAIT": "0.2"})
+    # A long-poll (`wait`) is held at most max_wait: 25 s by default, far too long for generated requests. Webhooks
+    # that generated requests declare may name any host: every delivery goes through a proxy on a closed loopback
+    # port instead, so that the fuzz never sends (nor resolves) anything beyond this machine.
+    nowhere = "http://127.0.0.1:9"
+    env = {
+        "CALL_ME_MAX_WAIT": "0.2",
+        "HTTP_PROXY": nowhere,
+        "HTTPS_PROXY": nowhere,
+        "ALL_PROXY": nowhere,
+        "NO_PROXY": "",
+    }
+    proc = ServerProcess(tmp_path_factory.mktemp("fuzz"), env=env)
     proc.start()
     try:
         yield proc

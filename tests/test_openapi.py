@@ -259,6 +259,20 @@ def test_the_v1_routes_answer_as_documented(server: ServerProcess, clients: Any)
         assert (stream.status_code, stream.headers["content-type"].split(";")[0]) == (200, "text/event-stream")
         check.seen.add(("/v1/events", "get", "200"))
 
+    # webhooks (admin only; nothing listens on the URL, which is fine: the log shows the failed attempts)
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["lease.forced"], "secret": "a-secret-of-16-chars"}
+    made = check(admin.put("/v1/webhooks/oa-hook", json=hook), "/v1/webhooks/{name}", 201)
+    assert made["secret"] == "set"
+    check(admin.put("/v1/webhooks/oa-hook", json={**hook, "format": "slack"}), "/v1/webhooks/{name}", 200)
+    check(admin.put("/v1/webhooks/oa-hook", json={**hook, "url": "ftp://x"}), "/v1/webhooks/{name}", 422)
+    check(client.put("/v1/webhooks/oa-hook", json=hook), "/v1/webhooks/{name}", 403)
+    check(admin.get("/v1/webhooks/oa-hook"), "/v1/webhooks/{name}", 200)
+    check(admin.get("/v1/webhooks"), "/v1/webhooks", 200)
+    check(admin.get("/v1/webhooks/oa-hook/deliveries"), "/v1/webhooks/{name}/deliveries", 200)
+    check(admin.get("/v1/webhooks/oa-none/deliveries"), "/v1/webhooks/{name}/deliveries", 404)
+    check(admin.delete("/v1/webhooks/oa-hook"), "/v1/webhooks/{name}", 204)
+    check(admin.delete("/v1/webhooks/oa-hook"), "/v1/webhooks/{name}", 404)
+
     assert check.missing("/v1/") == set()
 
 

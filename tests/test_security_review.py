@@ -40,3 +40,15 @@ def test_records_never_show_their_secrets_in_a_repr() -> None:
     )  # fmt: skip
     assert "k_secret-token" not in repr(lease)
     assert "t_secret-ticket" not in repr(ticket)
+
+
+def test_a_webhook_never_shows_its_secret_in_a_repr() -> None:
+    from callme.server.model import Webhook
+    from callme.server.settings import WebhookConfig
+    from callme.server.webhooks import change
+
+    declared = change({"url": "https://h.example/x", "events": ["lease.forced"], "secret": "whsec-in-clear-0123"})
+    stored = Webhook(name="ops", url="https://h.example/x", events=("lease.forced",), sealed_secret="s1.sealed")
+    assert "whsec-in-clear-0123" not in repr(declared)
+    assert "whsec-in-clear-0123" not in repr(WebhookConfig("ops", declared))
+    assert "s1.sealed" not in repr(stored)

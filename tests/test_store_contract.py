@@ -18,7 +18,7 @@ import pytest
 from callme.server.clock import Clock
 from callme.server.constants import FORGOTTEN, PRUNE_BATCH, REQUEST_ID_RETENTION, SCHEMA_VERSION
 from callme.server.errors import Busy, ConfigError, NotFound, TicketGone
-from callme.server.model import Environment, Event, Lease, Ticket
+from callme.server.model import Environment, Event, Lease, Ticket, Webhook
 from callme.server.outcomes import Granted
 from callme.server.settings import Settings, load
 from callme.server.store import for_database
@@ -118,6 +118,65 @@ def test_environments_round_trip_and_groups(opened: Opened) -> None:
     assert names(opened.tx(lambda tx: tx.group(["a"], []))) == ["a"]
     opened.tx(lambda tx: tx.delete_environment("a"))
     assert names(opened.tx(lambda tx: tx.environments())) == ["b", "c", "d", "e"]
+
+
+def test_the_webhook_outbox_claims_each_delivery_once_until_its_claim_lapses(opened: Opened) -> None:
+    hook = Webhook(
+        name="ops", url="https://h.example/x", events=("lease.forced",), sealed_secret="s1.x", created_at=1.0
+    )
+    opened.tx(lambda tx: tx.save_webhook(hook))
+    assert opened.tx(lambda tx: tx.webhooks()) == [hook]
+    first = opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", "uat", '{"a":1}', 100.0))
+    second = opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", None, '{"a":2}', 200.0))
+    claim = lambda now, until, lapsed: opened.tx(lambda tx: tx.claim_deliveries(now, until, 10, lapsed))  # noqa: E731
+    due = lambda now, **skip: [d.id for d in opened.tx(lambda tx: tx.due_deliveries(now, 10, **skip))]  # noqa: E731
+    assert (due(99.0), due(150.0), due(250.0)) == ([], [first], [first, second])
+    assert (due(250.0, skip_ids=[first]), due(250.0, skip_hooks=["ops"])) == ([second], [])
+    assert opened.tx(lambda tx: tx.claim_deliveries(250.0, 260.0, 10, 250.0, ["ops"])) == []  # a full hook
+    assert claim(99.0, 150.0, 99.0) == []  # nothing due yet
+    (taken,) = claim(150.0, 160.0, 150.0)  # the second is not due until 200
+    assert (taken.id, taken.payload, taken.state, taken.claimed_until) == (first, '{"a":1}', "pending", 160.0)
+    assert claim(155.0, 170.0, 155.0) == []  # claimed until 160
+    assert [d.id for d in claim(158.0, 170.0, float("inf"))] == [first]  # taken over (a single-process store)
+    assert [d.id for d in claim(201.0, 211.0, 201.0)] == [first, second]  # both due, the first's claim lapsed
+    opened.tx(lambda tx: tx.finish_attempt(replace(taken, state="delivered", attempts=1, last_status=200)))
+    assert [d.id for d in claim(300.0, 310.0, 300.0)] == [second]
+    log = opened.tx(lambda tx: tx.deliveries("ops", 10))
+    assert [(d.id, d.state, d.attempts, d.last_status, d.claimed_until) for d in log] == [
+        (second, "pending", 0, None, 310.0),
+        (first, "delivered", 1, 200, None),
+    ]
+    assert opened.tx(lambda tx: tx.prune_deliveries(1000.0, 10)) == 1  # the delivered one; a pending one stays
+    assert opened.tx(lambda tx: tx.delete_webhook("ops")) is True
+    assert opened.tx(lambda tx: tx.deliveries("ops", 10)) == []
+    assert opened.tx(lambda tx: tx.delete_webhook("ops")) is False
+    # An id is never given twice, even once every delivery went with its hook: receivers tell deliveries apart by it.
+    opened.tx(lambda tx: tx.save_webhook(hook))
+    assert opened.tx(lambda tx: tx.add_delivery("ops", "lease.forced", None, "{}", 400.0)) > second
+
+
+def test_overdue_leases_and_tickets_follow_their_environments_thresholds_and_are_alerted_once(opened: Opened) -> None:
+    def fill(tx: Tx) -> None:
+        tx.save_environment(replace(env("a"), held_too_long=10.0, waiting_too_long=20.0))
+        tx.save_environment(env("b"))
+        tx.insert_lease(lease("l_a", "a", 1))
+        tx.insert_lease(lease("l_b", "b", 2))
+        tx.insert_ticket(ticket("t_a", 1, "a"))
+        tx.insert_ticket(ticket("t_label", 2, label="L"))
+
+    opened.tx(fill)
+    leases = lambda now: [x.id for x in opened.tx(lambda tx: tx.overdue_leases(now, 50.0, 10))]  # noqa: E731
+    tickets = lambda now: [x.id for x in opened.tx(lambda tx: tx.overdue_tickets(now, 50.0, 10))]  # noqa: E731
+    assert (leases(109.0), tickets(119.0)) == ([], [])
+    assert (leases(110.0), tickets(120.0)) == (["l_a"], ["t_a"])  # a's own thresholds
+    assert (leases(150.0), tickets(150.0)) == (["l_a", "l_b"], ["t_a", "t_label"])  # b and the label: the default
+    assert opened.tx(lambda tx: tx.mark_alerted("l_a", None, 150.0)) is True
+    assert opened.tx(lambda tx: tx.mark_alerted("l_a", None, 151.0)) is False  # once
+    assert opened.tx(lambda tx: tx.mark_alerted(None, "t_a", 150.0)) is True
+    assert (leases(150.0), tickets(150.0)) == (["l_b"], ["t_label"])
+    ended = replace(lease("l_b", "b", 2), state="expired", ended_at=150.0)
+    opened.tx(lambda tx: tx.update_lease(ended))
+    assert leases(1000.0) == []  # only live leases
 
 
 def label_rows(store: Store) -> list[tuple[str, str]]:
@@ -465,7 +524,7 @@ def test_prune_removes_old_history_in_batches_and_keeps_what_is_live(harness: Ha
     done = h.run(h.svc.prune())
     assert (done.tickets, done.leases, done.events, done.forgotten) == (1, 1, many + 3, 0)
     assert done.largest <= PRUNE_BATCH < many  # the events in several batches, none larger than PRUNE_BATCH
-    assert done.batches >= 1 + 1 + 3 + 1
+    assert done.batches >= 1 + 1 + 3 + 1 + 1  # tickets, leases, events, webhook deliveries, forgetting
     assert h.events() == kept
     # A client resuming from before the pruned range gets what remains.
     assert h.run(h.svc.events_after(first.id or 0, 10_000)) == kept
@@ -479,7 +538,7 @@ def test_prune_removes_old_history_in_batches_and_keeps_what_is_live(harness: Ha
     with pytest.raises(Busy):  # ... the pruned one is not: a new request ("a" is held, and waited for)
         h.acquire(request("a", request_id="r-old", queue=False))
     again = h.run(h.svc.prune())
-    assert (again.tickets, again.leases, again.events, again.batches) == (0, 0, 0, 4)
+    assert (again.tickets, again.leases, again.events, again.batches) == (0, 0, 0, 5)
 
 
 def test_a_granted_ticket_whose_lease_was_pruned_first_is_gone(harness: Harness) -> None:

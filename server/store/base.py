@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ..model import Environment, Event, Lease, Ticket
+from ..model import Delivery, Environment, Event, Lease, Ticket, Webhook
 
 T = TypeVar("T")
 
@@ -81,6 +81,56 @@ class Tx(Protocol):
         """Environments and labels with a lease or ticket past its own deadline (before any floor)."""
         ...
 
+    # Webhooks (webhooks.py, delivery.py).
+    def webhooks(self) -> list[Webhook]: ...
+    def webhook(self, name: str) -> Webhook | None: ...
+    def save_webhook(self, hook: Webhook) -> None: ...
+    def delete_webhook(self, name: str) -> bool:
+        """Delete the hook and its deliveries (pending or logged); False when there was none."""
+        ...
+
+    def add_delivery(self, hook: str, event: str, environment: str | None, payload: str, at: float) -> int:
+        """Put a delivery in the outbox, due at `at`; returns its id."""
+        ...
+
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """Up to `limit` pending deliveries due by `now`, not to `skip_hooks`, and claimed by nobody (or by a claim
+        that ended before `lapsed`), oldest due first, now claimed until `until`; a delivery claimed by another
+        replica's transaction meanwhile is skipped, not waited for."""
+        ...
+
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        """Up to `limit` pending deliveries due by `now`, oldest due first, but `skip_ids` and those to `skip_hooks`,
+        claimed or not (a single-process store keeps its claims in memory: delivery.py)."""
+        ...
+
+    def finish_attempt(self, delivery: Delivery) -> None:
+        """Record an attempt's outcome: the delivery's state, attempts, next_at, last_status, last_error and
+        delivered_at as given, and its claim released."""
+        ...
+
+    def deliveries(self, hook: str, limit: int) -> list[Delivery]:
+        """The hook's newest `limit` deliveries, newest first."""
+        ...
+
+    def overdue_leases(self, now: float, default: float, limit: int) -> list[Lease]:
+        """Live leases held longer than their environment's held_too_long (else `default`) and not yet alerted."""
+        ...
+
+    def overdue_tickets(self, now: float, default: float, limit: int) -> list[Ticket]:
+        """Waiting tickets older than their environment's waiting_too_long (else `default`; a ticket for a label:
+        `default`) and not yet alerted."""
+        ...
+
+    def mark_alerted(self, lease_id: str | None, ticket_id: str | None, at: float) -> bool:
+        """Note that a lease (or a ticket) is announced as held (waiting) too long, so that it is announced once:
+        False when it was noted already (by another replica's sweep meanwhile)."""
+        ...
+
     # History, pruned in batches: each deletes at most `limit` rows and returns how many it deleted.
     def prune_tickets(self, before: float, limit: int) -> int:
         """Forget tickets that ended before `before` (their request_ids with them); a granted ticket ends
@@ -93,6 +143,10 @@ class Tx(Protocol):
 
     def prune_events(self, before: float, limit: int) -> int:
         """Forget the oldest events, in id order, up to the first one at or after `before`."""
+        ...
+
+    def prune_deliveries(self, before: float, limit: int) -> int:
+        """Forget deliveries made before `before` that are no longer pending."""
         ...
 
 

@@ -80,6 +80,34 @@ UPDATE tickets SET request_id = 'sha256:' || encode(sha256(convert_to(request_id
 WHERE request_id IS NOT NULL
 """
 
+# Version 6 (webhooks): the hooks (an admin's or the config file's; the secret sealed with the server secret), and
+# the outbox of their deliveries, written in the transaction of the change that causes one, so that nothing
+# committed is left unannounced by a crash. Pending deliveries are found by when they are due through a partial
+# index; a hook's log by hook and id. A lease and a ticket note when they were announced as held or waiting too
+# long (once each); an environment may set its own thresholds for that (NULL: the server's default).
+_WEBHOOKS = """
+CREATE TABLE webhooks (
+    name TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, secret TEXT NOT NULL, format TEXT NOT NULL,
+    declared {flag} NOT NULL, created_at {real} NOT NULL, updated_at {real} NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id {serial}, hook TEXT NOT NULL, event TEXT NOT NULL, environment TEXT, payload TEXT NOT NULL,
+    created_at {real} NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, next_at {real},
+    claimed_until {real}, last_status INTEGER, last_error TEXT, delivered_at {real}
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (hook, id);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
+ALTER TABLE leases ADD COLUMN alerted_at {real};
+ALTER TABLE tickets ADD COLUMN alerted_at {real};
+ALTER TABLE environments ADD COLUMN held_too_long {real};
+ALTER TABLE environments ADD COLUMN waiting_too_long {real};
+"""
+# AUTOINCREMENT: an id is never given again, even once every delivery was deleted with its hook; a receiver tells
+# deliveries apart by it, and an attempt still in flight for a deleted one must not meet a new one by its id.
+_WEBHOOKS_SQLITE = _WEBHOOKS.format(flag="INTEGER", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT")
+_WEBHOOKS_POSTGRES = _WEBHOOKS.format(flag="BOOLEAN", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY")
+
 MIGRATIONS: list[Migration] = [
     Migration(
         what="the first schema: environments, leases, tickets, events and the fence and seq counters",
@@ -175,6 +203,11 @@ MIGRATIONS: list[Migration] = [
         what="secrets at rest: no clear token or ticket id in new rows, request_ids kept as their SHA-256",
         sqlite=_HASH_REQUEST_IDS_SQLITE,
         postgres=_HASH_REQUEST_IDS_POSTGRES,
+    ),
+    Migration(
+        what="webhooks: the hooks, the outbox and log of their deliveries, and the once-only alerts' marks",
+        sqlite=_WEBHOOKS_SQLITE,
+        postgres=_WEBHOOKS_POSTGRES,
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

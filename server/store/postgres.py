@@ -85,17 +85,21 @@ from ..constants import (
     PG_RETRY_BACKOFF_MAX,
     SCHEMA_VERSION,
 )
-from ..model import Environment, Event, Lease, Ticket
+from ..model import Delivery, Environment, Event, Lease, Ticket, Webhook
 from .base import StoreBroken, StoreError, redact
 from .health import WriteHealth
 from .migrations import MIGRATIONS, statements
 from .pgclock import DatabaseClock
 from .rows import (
+    DELIVERY_COLUMNS,
+    DELIVERY_INSERT_COLUMNS,
     ENV_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     LEASE_COLUMNS,
     TICKET_COLUMNS,
+    WEBHOOK_COLUMNS,
+    delivery_from,
     dump,
     env_from,
     event_from,
@@ -104,6 +108,8 @@ from .rows import (
     lease_values,
     ticket_from,
     ticket_values,
+    webhook_from,
+    webhook_values,
 )
 
 log = logging.getLogger("callme.store")
@@ -316,18 +322,22 @@ class PostgresTx:
             env.auto,
             env.created_at,
             env.updated_at,
+            env.held_too_long,
+            env.waiting_too_long,
             env.name,
         )
         if env.name in self._locked:
             self._conn.execute(
                 "UPDATE environments SET slots = %s, labels = %s, description = %s, properties = %s, "
-                "maintenance = %s, note = %s, auto = %s, created_at = %s, updated_at = %s WHERE name = %s",
+                "maintenance = %s, note = %s, auto = %s, created_at = %s, updated_at = %s, held_too_long = %s, "
+                "waiting_too_long = %s WHERE name = %s",
                 values,
             )
         else:
             row = self._one(
                 "INSERT INTO environments (slots, labels, description, properties, maintenance, note, auto, "
-                "created_at, updated_at, name) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "created_at, updated_at, held_too_long, waiting_too_long, name) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
                 "ON CONFLICT (name) DO NOTHING RETURNING name",
                 values,
             )
@@ -503,6 +513,106 @@ class PostgresTx:
         names = {r["environment"] for r in envs} | {r["environment"] for r in tickets if r["environment"]}
         labels = {r["label"] for r in tickets if r["label"] is not None}
         return sorted(names), sorted(labels)
+
+    def webhooks(self) -> list[Webhook]:
+        return [webhook_from(r) for r in self._all(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY name")]
+
+    def webhook(self, name: str) -> Webhook | None:
+        row = self._one(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE name = %s", (name,))
+        return webhook_from(row) if row else None
+
+    def save_webhook(self, hook: Webhook) -> None:
+        self._conn.execute(
+            f"INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO UPDATE "
+            "SET url = excluded.url, events = excluded.events, secret = excluded.secret, format = excluded.format, "
+            "declared = excluded.declared, created_at = excluded.created_at, updated_at = excluded.updated_at",
+            webhook_values(hook),
+        )
+
+    def delete_webhook(self, name: str) -> bool:
+        self._conn.execute("DELETE FROM webhook_deliveries WHERE hook = %s", (name,))
+        return self._conn.execute("DELETE FROM webhooks WHERE name = %s", (name,)).rowcount > 0
+
+    def add_delivery(self, hook: str, event: str, environment: str | None, payload: str, at: float) -> int:
+        row = self._one(
+            f"INSERT INTO webhook_deliveries ({DELIVERY_INSERT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,'pending',0,%s) "
+            "RETURNING id",
+            (hook, event, environment, payload, at, at),
+        )
+        assert row is not None
+        return int(row["id"])
+
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        # SKIP LOCKED: replicas claiming at once each take other rows, and none waits for another's claim; the
+        # claimed_until they write keeps a delivery in flight from being claimed again after their commit.
+        rows = self._all(
+            "UPDATE webhook_deliveries SET claimed_until = %s WHERE id IN (SELECT id FROM webhook_deliveries "
+            "WHERE state = 'pending' AND next_at <= %s AND (claimed_until IS NULL OR claimed_until < %s) "
+            "AND NOT hook = ANY(%s::text[]) "
+            f"ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {DELIVERY_COLUMNS}",
+            (until, now, lapsed, list(skip_hooks), limit),
+        )
+        return sorted((delivery_from(r) for r in rows), key=lambda d: (d.next_at or 0, d.id))
+
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        rows = self._all(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= %s "
+            "AND NOT id = ANY(%s::bigint[]) AND NOT hook = ANY(%s::text[]) ORDER BY next_at, id LIMIT %s",
+            (now, list(skip_ids), list(skip_hooks), limit),
+        )
+        return [delivery_from(r) for r in rows]
+
+    def finish_attempt(self, delivery: Delivery) -> None:
+        d = delivery
+        self._conn.execute(
+            "UPDATE webhook_deliveries SET state = %s, attempts = %s, next_at = %s, claimed_until = NULL, "
+            "last_status = %s, last_error = %s, delivered_at = %s WHERE id = %s",
+            (d.state, d.attempts, d.next_at, d.last_status, d.last_error, d.delivered_at, d.id),
+        )
+
+    def deliveries(self, hook: str, limit: int) -> list[Delivery]:
+        rows = self._all(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE hook = %s ORDER BY id DESC LIMIT %s",
+            (hook, limit),
+        )
+        return [delivery_from(r) for r in rows]
+
+    def overdue_leases(self, now: float, default: float, limit: int) -> list[Lease]:
+        columns = ", ".join(f"l.{c.strip()}" for c in LEASE_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM leases AS l JOIN environments AS e ON e.name = l.environment "
+            "WHERE l.state = 'active' AND l.alerted_at IS NULL "
+            "AND l.acquired_at <= %s - COALESCE(e.held_too_long, %s) ORDER BY l.acquired_at LIMIT %s",
+            (now, default, limit),
+        )
+        return [lease_from(r) for r in rows]
+
+    def overdue_tickets(self, now: float, default: float, limit: int) -> list[Ticket]:
+        columns = ", ".join(f"t.{c.strip()}" for c in TICKET_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM tickets AS t LEFT JOIN environments AS e ON e.name = t.environment "
+            "WHERE t.state = 'waiting' AND t.alerted_at IS NULL "
+            "AND t.enqueued_at <= %s - COALESCE(e.waiting_too_long, %s) ORDER BY t.seq LIMIT %s",
+            (now, default, limit),
+        )
+        return [ticket_from(r) for r in rows]
+
+    def mark_alerted(self, lease_id: str | None, ticket_id: str | None, at: float) -> bool:
+        # Under READ COMMITTED a second replica's UPDATE waits for the first's row lock, then finds it noted.
+        table, row_id = ("leases", lease_id) if lease_id is not None else ("tickets", ticket_id)
+        sql = f"UPDATE {table} SET alerted_at = %s WHERE id = %s AND alerted_at IS NULL RETURNING id"
+        return self._one(sql, (at, row_id)) is not None
+
+    def prune_deliveries(self, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE created_at < %s "
+            "AND state <> 'pending' ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        return self._conn.execute(sql, (before, limit)).rowcount
 
     # Replicas prune at once without waiting for each other: each skips the rows another one is deleting.
     def prune_tickets(self, before: float, limit: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..model import Environment, Event, Lease, Ticket
+from ..model import Delivery, Environment, Event, Lease, Ticket, Webhook
 
 LEASE_COLUMNS = (
     "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
@@ -15,7 +15,17 @@ TICKET_COLUMNS = (
     "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
     "request_id, state, lease_id, ended_at"
 )
-ENV_COLUMNS = "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at"
+ENV_COLUMNS = (
+    "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at, "
+    "held_too_long, waiting_too_long"
+)
+WEBHOOK_COLUMNS = "name, url, events, secret, format, declared, created_at, updated_at"
+DELIVERY_COLUMNS = (
+    "id, hook, event, environment, payload, created_at, state, attempts, next_at, claimed_until, last_status, "
+    "last_error, delivered_at"
+)
+# The columns an INSERT of a delivery names (its id is the store's to give).
+DELIVERY_INSERT_COLUMNS = "hook, event, environment, payload, created_at, state, attempts, next_at"
 EVENT_COLUMNS = "id, at, kind, environment, lease, seq, fence, holder, actor, detail"
 # The columns an INSERT of an event names (its id is the store's to give).
 EVENT_INSERT_COLUMNS = "at, kind, environment, lease, seq, fence, holder, actor, detail"
@@ -72,6 +82,8 @@ def env_values(env: Environment, *, flags: type = bool) -> tuple[Any, ...]:
         flags(env.auto),
         env.created_at,
         env.updated_at,
+        env.held_too_long,
+        env.waiting_too_long,
     )
 
 
@@ -131,3 +143,35 @@ def event_values(event: Event) -> tuple[Any, ...]:
         event.actor,
         event.detail,
     )
+
+
+def webhook_from(row: Any) -> Webhook:
+    values = dict(row)
+    return Webhook(
+        name=values["name"],
+        url=values["url"],
+        events=tuple(json.loads(values["events"])),
+        sealed_secret=values["secret"],
+        format=values["format"],
+        declared=bool(values["declared"]),
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+    )
+
+
+def webhook_values(hook: Webhook, *, flags: type = bool) -> tuple[Any, ...]:
+    """The values of WEBHOOK_COLUMNS."""
+    return (
+        hook.name,
+        hook.url,
+        dump(list(hook.events)),
+        hook.sealed_secret,
+        hook.format,
+        flags(hook.declared),
+        hook.created_at,
+        hook.updated_at,
+    )
+
+
+def delivery_from(row: Any) -> Delivery:
+    return Delivery(**dict(row))

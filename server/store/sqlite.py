@@ -27,17 +27,21 @@ from typing import IO, Any, TypeVar
 from .. import private
 from ..clock import Clock
 from ..constants import CLOCK_STEP_TOLERANCE, IDENTITY_CHECK_INTERVAL, MAX_BATCH, SCHEMA_VERSION
-from ..model import Environment, Event, Lease, Ticket, request_digest
+from ..model import Delivery, Environment, Event, Lease, Ticket, Webhook, request_digest
 from .base import StoreBroken, StoreError, StoreLocked
 from .batch import GroupCommit, Job
 from .health import WriteHealth
 from .migrations import MIGRATIONS, statements
 from .rows import (
+    DELIVERY_COLUMNS,
+    DELIVERY_INSERT_COLUMNS,
     ENV_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     LEASE_COLUMNS,
     TICKET_COLUMNS,
+    WEBHOOK_COLUMNS,
+    delivery_from,
     dump,
     env_from,
     env_values,
@@ -47,6 +51,8 @@ from .rows import (
     lease_values,
     ticket_from,
     ticket_values,
+    webhook_from,
+    webhook_values,
 )
 from .sqlite_file import FileIdentity, HighWaterMark, broken_reason
 
@@ -110,10 +116,12 @@ class SQLiteTx:
     def save_environment(self, env: Environment) -> None:
         # An upsert, not INSERT OR REPLACE: the columns the record does not carry (last_used_at) are kept.
         self._conn.execute(
-            f"INSERT INTO environments ({ENV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (name) DO UPDATE SET "
-            "slots = excluded.slots, labels = excluded.labels, description = excluded.description, "
+            f"INSERT INTO environments ({ENV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, labels = excluded.labels, "
+            "description = excluded.description, "
             "properties = excluded.properties, maintenance = excluded.maintenance, note = excluded.note, "
-            "auto = excluded.auto, created_at = excluded.created_at, updated_at = excluded.updated_at",
+            "auto = excluded.auto, created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "held_too_long = excluded.held_too_long, waiting_too_long = excluded.waiting_too_long",
             env_values(env, flags=int),
         )
         labels = dump(list(env.labels))
@@ -252,6 +260,100 @@ class SQLiteTx:
         names = {r[0] for r in envs} | {r[0] for r in tickets if r[0] is not None}
         labels = {r[1] for r in tickets if r[1] is not None}
         return sorted(names), sorted(labels)
+
+    def webhooks(self) -> list[Webhook]:
+        return [webhook_from(r) for r in self._all(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY name")]
+
+    def webhook(self, name: str) -> Webhook | None:
+        row = self._one(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE name = ?", (name,))
+        return webhook_from(row) if row else None
+
+    def save_webhook(self, hook: Webhook) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+            webhook_values(hook, flags=int),
+        )
+
+    def delete_webhook(self, name: str) -> bool:
+        self._conn.execute("DELETE FROM webhook_deliveries WHERE hook = ?", (name,))
+        return self._conn.execute("DELETE FROM webhooks WHERE name = ?", (name,)).rowcount > 0
+
+    def add_delivery(self, hook: str, event: str, environment: str | None, payload: str, at: float) -> int:
+        cursor = self._conn.execute(
+            f"INSERT INTO webhook_deliveries ({DELIVERY_INSERT_COLUMNS}) VALUES (?,?,?,?,?,'pending',0,?)",
+            (hook, event, environment, payload, at, at),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def claim_deliveries(
+        self, now: float, until: float, limit: int, lapsed: float, skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        # One writer: the claim cannot race another; it only keeps a delivery in flight from being claimed again.
+        rows = self._all(
+            f"UPDATE webhook_deliveries SET claimed_until = ? WHERE id IN (SELECT id FROM webhook_deliveries "
+            "WHERE state = 'pending' AND next_at <= ? AND (claimed_until IS NULL OR claimed_until < ?) "
+            f"AND hook NOT IN (SELECT value FROM json_each(?)) ORDER BY next_at LIMIT ?) RETURNING {DELIVERY_COLUMNS}",
+            (until, now, lapsed, dump(list(skip_hooks)), limit),
+        )
+        return sorted((delivery_from(r) for r in rows), key=lambda d: (d.next_at or 0, d.id))
+
+    def due_deliveries(
+        self, now: float, limit: int, skip_ids: Sequence[int] = (), skip_hooks: Sequence[str] = ()
+    ) -> list[Delivery]:
+        rows = self._all(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_at <= ? "
+            "AND id NOT IN (SELECT value FROM json_each(?)) AND hook NOT IN (SELECT value FROM json_each(?)) "
+            "ORDER BY next_at, id LIMIT ?",
+            (now, dump(list(skip_ids)), dump(list(skip_hooks)), limit),
+        )
+        return [delivery_from(r) for r in rows]
+
+    def finish_attempt(self, delivery: Delivery) -> None:
+        d = delivery
+        self._conn.execute(
+            "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_at = ?, claimed_until = NULL, "
+            "last_status = ?, last_error = ?, delivered_at = ? WHERE id = ?",
+            (d.state, d.attempts, d.next_at, d.last_status, d.last_error, d.delivered_at, d.id),
+        )
+
+    def deliveries(self, hook: str, limit: int) -> list[Delivery]:
+        rows = self._all(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE hook = ? ORDER BY id DESC LIMIT ?", (hook, limit)
+        )
+        return [delivery_from(r) for r in rows]
+
+    def overdue_leases(self, now: float, default: float, limit: int) -> list[Lease]:
+        columns = ", ".join(f"l.{c.strip()}" for c in LEASE_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM leases AS l JOIN environments AS e ON e.name = l.environment "
+            "WHERE l.state = 'active' AND l.alerted_at IS NULL AND l.acquired_at <= ? - coalesce(e.held_too_long, ?) "
+            "ORDER BY l.acquired_at LIMIT ?",
+            (now, default, limit),
+        )
+        return [lease_from(r) for r in rows]
+
+    def overdue_tickets(self, now: float, default: float, limit: int) -> list[Ticket]:
+        columns = ", ".join(f"t.{c.strip()}" for c in TICKET_COLUMNS.split(","))
+        rows = self._all(
+            f"SELECT {columns} FROM tickets AS t LEFT JOIN environments AS e ON e.name = t.environment "
+            "WHERE t.state = 'waiting' AND t.alerted_at IS NULL "
+            "AND t.enqueued_at <= ? - coalesce(e.waiting_too_long, ?) ORDER BY t.seq LIMIT ?",
+            (now, default, limit),
+        )
+        return [ticket_from(r) for r in rows]
+
+    def mark_alerted(self, lease_id: str | None, ticket_id: str | None, at: float) -> bool:
+        table, row_id = ("leases", lease_id) if lease_id is not None else ("tickets", ticket_id)
+        sql = f"UPDATE {table} SET alerted_at = ? WHERE id = ? AND alerted_at IS NULL"
+        return self._conn.execute(sql, (at, row_id)).rowcount > 0
+
+    def prune_deliveries(self, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries "
+            "WHERE created_at < ? AND state != 'pending' ORDER BY created_at LIMIT ?)"
+        )
+        return self._conn.execute(sql, (before, limit)).rowcount
 
     def prune_tickets(self, before: float, limit: int) -> int:
         sql = "DELETE FROM tickets WHERE id IN (SELECT id FROM tickets WHERE ended_at < ? ORDER BY ended_at LIMIT ?)"
