@@ -80,6 +80,17 @@ UPDATE tickets SET request_id = 'sha256:' || encode(sha256(convert_to(request_id
 WHERE request_id IS NOT NULL
 """
 
+# Version 6 (groups, docs/api.md "The queue"): a request of several parts has one ticket row per part, each
+# carrying the group's id and the seq of its first part (the group's place in the order); the leases granted to
+# them carry the group's id, so that the group is renewed and released by it. Rows from before have neither.
+_GROUPS = """
+ALTER TABLE tickets ADD COLUMN group_id TEXT;
+ALTER TABLE tickets ADD COLUMN group_seq {integer};
+ALTER TABLE leases ADD COLUMN group_id TEXT;
+CREATE INDEX tickets_group ON tickets (group_id) WHERE group_id IS NOT NULL;
+CREATE INDEX leases_group ON leases (group_id) WHERE group_id IS NOT NULL;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(
         what="the first schema: environments, leases, tickets, events and the fence and seq counters",
@@ -175,6 +186,11 @@ MIGRATIONS: list[Migration] = [
         what="secrets at rest: no clear token or ticket id in new rows, request_ids kept as their SHA-256",
         sqlite=_HASH_REQUEST_IDS_SQLITE,
         postgres=_HASH_REQUEST_IDS_POSTGRES,
+    ),
+    Migration(
+        what="groups: the parts of a request for several environments at once, and the leases granted to them",
+        sqlite=_GROUPS.format(integer="INTEGER"),
+        postgres=_GROUPS.format(integer="BIGINT"),
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -389,7 +389,7 @@ class PostgresTx:
 
     def insert_lease(self, lease: Lease) -> None:
         self._conn.execute(
-            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
+            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 17)})",
             lease_values(lease),
         )
         self._seen_lease(lease)
@@ -426,9 +426,17 @@ class PostgresTx:
         rows = self._all(self._WAITING, {"envs": list(environments), "labels": list(labels)})
         return [self._seen_ticket(ticket_from(r)) for r in rows]
 
+    def group_tickets(self, group_id: str) -> list[Ticket]:
+        rows = self._all(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE group_id = %s ORDER BY seq", (group_id,))
+        return [self._seen_ticket(ticket_from(r)) for r in rows]
+
+    def group_leases(self, group_id: str) -> list[Lease]:
+        rows = self._all(f"SELECT {LEASE_COLUMNS} FROM leases WHERE group_id = %s ORDER BY seq", (group_id,))
+        return [self._seen_lease(lease_from(r)) for r in rows]
+
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 17)})",
             ticket_values(ticket),
         )
         self._seen_ticket(ticket)

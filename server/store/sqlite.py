@@ -161,7 +161,7 @@ class SQLiteTx:
         return lease_from(row) if row else None
 
     def insert_lease(self, lease: Lease) -> None:
-        marks = ",".join("?" * 16)
+        marks = ",".join("?" * 17)
         self._conn.execute(f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({marks})", lease_values(lease))
 
     def update_lease(self, lease: Lease) -> None:
@@ -194,9 +194,17 @@ class SQLiteTx:
         rows = self._all(self._WAITING, (dump(list(environments)), dump(list(labels))))
         return [ticket_from(r) for r in rows]
 
+    def group_tickets(self, group_id: str) -> list[Ticket]:
+        rows = self._all(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE group_id = ? ORDER BY seq", (group_id,))
+        return [ticket_from(r) for r in rows]
+
+    def group_leases(self, group_id: str) -> list[Lease]:
+        rows = self._all(f"SELECT {LEASE_COLUMNS} FROM leases WHERE group_id = ? ORDER BY seq", (group_id,))
+        return [lease_from(r) for r in rows]
+
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join('?' * 17)})",
             ticket_values(ticket),
         )
 
