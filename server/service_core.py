@@ -236,28 +236,52 @@ class Core:
     ) -> tuple[list[Environment], list[str], list[Ticket]]:
         """The environments a decision about `names` and `labels` covers, every label among them, and the waiting
         tickets they could serve. A group waiting there joins what each of its parts could use, since it is
-        granted all at once: the walk goes on from its parts until it reaches no new environment or label."""
-        names, labels = list(names), list(labels)
+        granted all at once: the walk goes on from its parts until it reaches no new environment or label.
+
+        The walk is made first on what is committed, locking nothing (`peek_group`), then the whole of it is
+        locked at once (`group`, in name order) and checked again: locking it part by part, as the walk goes,
+        would take locks out of name order, and two decisions could each wait for the other (PostgreSQL)."""
+        names, labels = self._closure(tx, tx.peek_group, list(names), list(labels))
         while True:
             envs = tx.group(names, labels)
-            env_names = [e.name for e in envs]
             all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
-            waiting = tx.waiting_tickets(env_names, all_labels)
-            found = {t.id for t in waiting}
-            more_names: set[str] = set()
-            more_labels: set[str] = set()
-            for group_id in sorted({t.group_id for t in waiting if t.group_id is not None}):
-                for part in tx.group_tickets(group_id):
-                    if part.state != "waiting" or part.id in found:
-                        continue
-                    if part.environment is not None and part.environment not in env_names:
-                        more_names.add(part.environment)
-                    elif part.label is not None and part.label not in all_labels:
-                        more_labels.add(part.label)
+            waiting = tx.waiting_tickets([e.name for e in envs], all_labels)
+            more_names, more_labels = self._parts_beyond(tx, envs, all_labels, waiting)
             if not more_names and not more_labels:
                 return envs, all_labels, waiting
-            names += sorted(more_names)
-            labels += sorted(more_labels)
+            # Joined since the walk (a group queued meanwhile): walk on from what is locked now.
+            names, labels = self._closure(tx, tx.group, names + more_names, labels + more_labels)
+
+    def _closure(
+        self, tx: Tx, walk: Callable[[list[str], list[str]], list[Environment]], names: list[str], labels: list[str]
+    ) -> tuple[list[str], list[str]]:
+        while True:
+            envs = walk(names, labels)
+            all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
+            waiting = tx.waiting_tickets([e.name for e in envs], all_labels)
+            more_names, more_labels = self._parts_beyond(tx, envs, all_labels, waiting)
+            if not more_names and not more_labels:
+                return names, labels
+            names, labels = names + more_names, labels + more_labels
+
+    @staticmethod
+    def _parts_beyond(
+        tx: Tx, envs: list[Environment], all_labels: list[str], waiting: list[Ticket]
+    ) -> tuple[list[str], list[str]]:
+        """The targets of the parts of groups waiting among `waiting` that lie beyond `envs` and `all_labels`."""
+        env_names = {e.name for e in envs}
+        found = {t.id for t in waiting}
+        more_names: set[str] = set()
+        more_labels: set[str] = set()
+        for group_id in sorted({t.group_id for t in waiting if t.group_id is not None}):
+            for part in tx.group_tickets(group_id):
+                if part.state != "waiting" or part.id in found:
+                    continue
+                if part.environment is not None and part.environment not in env_names:
+                    more_names.add(part.environment)
+                elif part.label is not None and part.label not in all_labels:
+                    more_labels.add(part.label)
+        return sorted(more_names), sorted(more_labels)
 
     def settle(
         self, tx: Tx, op: Op, names: Sequence[str], labels: Sequence[str], *, immediate: str | None = None

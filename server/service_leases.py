@@ -124,7 +124,9 @@ class Leasing:
             return self.new_group(tx, op, principal, req, holder, ttl, hold)
         return self.new_ticket(tx, op, principal, req, holder, ttl, hold)
 
-    def _check_target(self, tx: Tx, op: Op, principal: Principal, environment: str | None, label: str | None) -> None:
+    def _check_target(
+        self, tx: Tx, op: Op, principal: Principal, environment: str | None, label: str | None, *, lock: bool = True
+    ) -> None:
         """The environment exists (created now if auto-create is on), or some environment carries the label."""
         core = self.core
         if environment is not None:
@@ -138,7 +140,7 @@ class Leasing:
                 env = Environment(name=environment, auto=True, created_at=op.now, updated_at=op.now)
                 tx.save_environment(env)
                 core.event(op, "environment_changed", env.name, actor=principal.name, detail=AUTO_CREATED)
-        elif not tx.group([], [label or ""]):
+        elif not (tx.group if lock else tx.peek_group)([], [label or ""]):
             raise NotFound(f'no environment carries the label "{label}"')
 
     def new_ticket(
@@ -193,7 +195,8 @@ class Leasing:
         core = self.core
         targets = req.targets
         for environment, label in targets:
-            self._check_target(tx, op, principal, environment, label)
+            # Nothing locked yet: the settle below locks every part's environments at once, in name order.
+            self._check_target(tx, op, principal, environment, label, lock=False)
         group_id = "g_" + secrets.token_hex(10)
         parts: list[Ticket] = []
         for environment, label in targets:
@@ -219,7 +222,7 @@ class Leasing:
             parts.append(ticket)
             tx.insert_ticket(parts[-1])
         names = [t.environment for t in parts if t.environment is not None]
-        if not rules.servable(tx.group(names, [t.label for t in parts if t.label is not None]), parts):
+        if not rules.servable(tx.peek_group(names, [t.label for t in parts if t.label is not None]), parts):
             raise Invalid(
                 "all", "no environments could serve every part at once, each on an environment of its own; "
                 "a label part needs an environment with that label that no other part names",

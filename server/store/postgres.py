@@ -298,6 +298,10 @@ class PostgresTx:
                 return [self._seen_env(env) for env in envs]
         raise _Conflict("the group of environments kept changing while it was being locked")
 
+    def peek_group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        params = {"names": sorted(set(names)), "labels": sorted(set(labels))}
+        return [env_from(r) for r in self._all(self._GROUP_SEEN, params)]
+
     def save_environment(self, env: Environment) -> None:
         base = self._envs.get(env.name, _UNSEEN)
         # Lock it (if it exists) with its group and the groups of its new labels, in name order, before any

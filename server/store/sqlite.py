@@ -107,6 +107,9 @@ class SQLiteTx:
         # The whole database is locked by BEGIN IMMEDIATE; the group only bounds what is decided.
         return [env_from(r) for r in self._all(self._GROUP, (dump(list(names)), dump(list(labels))))]
 
+    def peek_group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        return self.group(names, labels)  # one writer: nothing to lock, and nothing changes meanwhile
+
     def save_environment(self, env: Environment) -> None:
         # An upsert, not INSERT OR REPLACE: the columns the record does not carry (last_used_at) are kept.
         self._conn.execute(
