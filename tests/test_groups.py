@@ -201,3 +201,19 @@ def test_maybe_is_never_part_of_a_group(store_server: ServerProcess, admin: http
     assert maybe.status_code == 403  # held by the group's lease on uat, as by any lease
     client.delete(f"/v1/groups/{granted['group']}", headers={TOKEN: granted["token"]}).raise_for_status()
     assert httpx.post(store_server.url + "/maybe?environment=uat", headers={"X-API-KEY": CLIENT_KEY}).status_code == 201
+
+
+def test_deleting_an_environment_drops_every_part_of_a_group_that_named_it(
+    admin: httpx.Client, client: httpx.Client
+) -> None:
+    held = client.post("/v1/leases", json={"environment": "payments-sandbox"}).json()
+    waiting = client.post("/v1/leases", json={"all": PARTS, "holder": "group"}).json()
+    single = client.post("/v1/leases", json={"environment": "uat", "holder": "single"})
+    assert single.status_code == 202  # uat held back for the group, first in both queues
+    assert admin.delete("/v1/environments/payments-sandbox?force=true").status_code == 204
+    # The group can never be whole again: it is dropped from uat's queue too, and uat goes to the single.
+    assert admin.get("/v1/environments/uat").json()["queue"] == []
+    assert holders(admin, "uat") == ["single"]
+    gone = client.post("/v1/leases", json={"all": PARTS, "ticket": waiting["ticket"]})
+    assert (gone.status_code, gone.json()["code"]) == (410, "ticket_gone")
+    assert held["id"] not in {lease["id"] for lease in admin.get("/v1/environments/uat").json()["leases"]}
