@@ -217,3 +217,16 @@ def test_deleting_an_environment_drops_every_part_of_a_group_that_named_it(
     gone = client.post("/v1/leases", json={"all": PARTS, "ticket": waiting["ticket"]})
     assert (gone.status_code, gone.json()["code"]) == (410, "ticket_gone")
     assert held["id"] not in {lease["id"] for lease in admin.get("/v1/environments/uat").json()["leases"]}
+
+
+def test_a_repeated_request_id_finds_the_same_group(admin: httpx.Client, client: httpx.Client) -> None:
+    body = {"all": PARTS, "request_id": "group-repeat-1", "holder": "ci"}
+    first = client.post("/v1/leases", json=body).json()
+    again = client.post("/v1/leases", json={**body, "wait": 0}).json()
+    assert (again["group"], again["token"]) == (first["group"], first["token"])
+    assert [x["id"] for x in again["leases"]] == [x["id"] for x in first["leases"]]
+    other = client.post("/v1/leases", json={**body, "all": PARTS[::-1]})
+    assert (other.status_code, other.json()["field"]) == (422, "ticket")
+    single = client.post("/v1/leases", json={"environment": "uat", "request_id": "group-repeat-1", "holder": "ci"})
+    assert (single.status_code, single.json()["field"]) == (422, "ticket")
+    assert holders(admin, "uat") == ["ci"]  # one lease each, never a second grant for a repeat
