@@ -238,10 +238,13 @@ class Core:
         tickets they could serve. A group waiting there joins what each of its parts could use, since it is
         granted all at once: the walk goes on from its parts until it reaches no new environment or label.
 
-        The walk is made first on what is committed, locking nothing (`peek_group`), then the whole of it is
-        locked at once (`group`, in name order) and checked again: locking it part by part, as the walk goes,
-        would take locks out of name order, and two decisions could each wait for the other (PostgreSQL)."""
-        names, labels = self._closure(tx, tx.peek_group, list(names), list(labels))
+        On a store with row locks (PostgreSQL) the walk is made first on what is committed, locking nothing
+        (`peek_group`), then the whole of it is locked at once (`group`, in name order) and checked again: locking
+        it part by part, as the walk goes, would take locks out of name order, and two decisions could each wait
+        for the other. SQLite holds the whole database anyway, so it walks once."""
+        names, labels = list(names), list(labels)
+        if tx.row_locks:
+            names, labels = self._closure(tx, tx.peek_group, names, labels)
         while True:
             envs = tx.group(names, labels)
             all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})

@@ -35,6 +35,10 @@ class StoreBroken(StoreError):
 class Tx(Protocol):
     """What an operation may do inside its transaction. Synchronous: it runs on the store's worker."""
 
+    # True when `group` takes row locks that concurrent decisions wait for (PostgreSQL); then a decision that may
+    # grow (a group's parts) finds its extent with `peek_group` first and locks it all at once.
+    row_locks: bool
+
     def now(self) -> float: ...
 
     def environments(self) -> list[Environment]: ...

@@ -220,6 +220,8 @@ class PostgresTx:
         ORDER BY seq
     """
 
+    row_locks = True
+
     def __init__(self, conn: Connection, now: float, *, read_only: bool = False) -> None:
         self._conn = conn
         self._now = now

@@ -82,6 +82,8 @@ class SQLiteTx:
         ORDER BY seq
     """
 
+    row_locks = False  # BEGIN IMMEDIATE holds the whole database: no decision waits for another's rows
+
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
