@@ -135,6 +135,7 @@ def _schemas() -> dict[str, Schema]:
         "ended_at": _or_null(_TIME),
         "seq": _or_null(_integer(1)),
         "properties": _STRING_MAP,
+        "group": _or_null(_string(1, description="the group it was granted with (`all`), renewed and released by")),
         "token": _string(1, description="the secret of the lease; only in the 201 answer to its acquirer"),
     }
     lease = _object(lease_fields, required=tuple(f for f in lease_fields if f != "token"))

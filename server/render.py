@@ -35,6 +35,7 @@ def lease_json(lease: Lease, env: Environment | None, *, token: str | None = Non
         "ended_at": timestamp(lease.ended_at),
         "seq": lease.seq,
         "properties": env.properties if env is not None else {},
+        "group": lease.group_id,
     }
     if token is not None:
         body["token"] = token

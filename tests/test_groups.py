@@ -75,6 +75,8 @@ def test_a_group_is_granted_whole_or_waits_holding_nothing(admin: httpx.Client, 
     granted = again.json()
     assert again.headers["location"] == f"/v1/groups/{granted['group']}"
     assert granted["group"] == queued["group"]
+    assert {lease["group"] for lease in granted["leases"]} == {granted["group"]}
+    assert admin.get(f"/v1/leases/{granted['leases'][0]['id']}").json()["group"] == granted["group"]
     leases = granted["leases"]
     assert [lease["environment"] for lease in leases] == ["uat", "payments-sandbox"]
     assert [lease["properties"]["url"] for lease in leases] == ["https://uat.example", "https://pay.example"]
