@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         WrongToken,
     )
     from .keeper import HeldLease
-    from .models import Environment, Event, Lease, QueueEntry, Waiting
+    from .models import Environment, Event, Group, Lease, QueueEntry, Waiting
 
 __all__ = [
     "APIError",
@@ -58,6 +58,7 @@ __all__ = [
     "Event",
     "Forbidden",
     "Gone",
+    "Group",
     "HeldLease",
     "Invalid",
     "Lease",
@@ -84,7 +85,7 @@ __all__ = [
 _MODULES = {
     "Client": ".client",
     "HeldLease": ".keeper",
-    **dict.fromkeys(("Environment", "Event", "Lease", "QueueEntry", "Waiting"), ".models"),
+    **dict.fromkeys(("Environment", "Event", "Group", "Lease", "QueueEntry", "Waiting"), ".models"),
 }
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import APIError, CallMeError, ConnectError, NotFound, NotGranted, TicketGone, WaitTimeout
 from .format import go_duration
-from .models import JSON, Lease, Waiting
+from .models import JSON, Group, Lease, Waiting
 
 if TYPE_CHECKING:
     from .client import Client
@@ -42,7 +42,7 @@ _GATEWAY_STATUSES = frozenset({502, 504})
 _PER_ATTEMPT_FIELDS = frozenset({"wait", "queue", "ticket"})
 
 
-def withdraw(client: Client, request: Mapping[str, Any], *, deadline: float) -> Lease | Waiting | None:
+def withdraw(client: Client, request: Mapping[str, Any], *, deadline: float) -> Lease | Group | Waiting | None:
     """Give back whatever `request` (an acquire's body, request_id included) made; None: nothing.
 
     It is sent again as a repeat (same request_id and fields, so the server finds what the first
@@ -57,7 +57,7 @@ def withdraw(client: Client, request: Mapping[str, Any], *, deadline: float) -> 
         outcome = client._acquire_once({**body, "wait": 0, "queue": False}, deadline=deadline, shown=_shown(body))
     except (NotGranted, TicketGone, NotFound):
         return None
-    if isinstance(outcome, Lease):
+    if isinstance(outcome, (Lease, Group)):
         client.release(outcome)
     else:
         client.leave(outcome.ticket, retry_for=max(0.0, deadline - client.clock()))
@@ -66,6 +66,8 @@ def withdraw(client: Client, request: Mapping[str, Any], *, deadline: float) -> 
 
 def _shown(body: Mapping[str, Any]) -> dict[str, object]:
     """The target of a request, for messages."""
+    if "all" in body:
+        return {"environments": ", ".join(str(p.get("environment") or f"label {p.get('label')}") for p in body["all"])}
     target = "environment" if "environment" in body else "label"
     return {target: body.get(target)}
 
@@ -98,7 +100,7 @@ class Acquisition:
         self.in_doubt = False
         self.shown = _shown(body)
 
-    def run(self) -> Lease:
+    def run(self) -> Lease | Group:
         if not self.wait:
             return self._once_without_queue()
         try:
@@ -107,7 +109,7 @@ class Acquisition:
             self._give_up()
             raise
 
-    def _once_without_queue(self) -> Lease:
+    def _once_without_queue(self) -> Lease | Group:
         outcome = self._post(wait=0.0, extra={"queue": False})
         if isinstance(outcome, Waiting):
             # A server that queued us although we said not to: take the place back at once.
@@ -116,7 +118,7 @@ class Acquisition:
             raise CallMeError("the server queued a request that asked not to be queued", context=self.shown)
         return outcome
 
-    def _loop(self) -> Lease:
+    def _loop(self) -> Lease | Group:
         wait = 0.0  # The first round answers at once, so the caller can say it waits.
         while True:
             try:
@@ -124,7 +126,7 @@ class Acquisition:
             except TicketGone as gone:
                 self._recover_place(gone)
                 continue
-            if isinstance(outcome, Lease):
+            if isinstance(outcome, (Lease, Group)):
                 return outcome
             self.ticket, self.last, self.placed = outcome.ticket, outcome, True
             if self.on_wait is not None:
@@ -146,7 +148,7 @@ class Acquisition:
         self.body = {**self.body, "request_id": str(uuid.uuid4())}
         self.placed = False
 
-    def _post(self, *, wait: float, extra: JSON) -> Lease | Waiting:
+    def _post(self, *, wait: float, extra: JSON) -> Lease | Group | Waiting:
         now = self.client.clock()
         deadline = now + self.client.retry_for
         if self.deadline is not None:

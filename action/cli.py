@@ -119,6 +119,20 @@ def _add_connection_options(parser: argparse.ArgumentParser, default: object) ->
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("environment", nargs="?", metavar="ENV", help="the environment")
     parser.add_argument("--label", metavar="LABEL", help="any environment with this label instead")
+    parser.add_argument(
+        "--and",
+        dest="also",
+        action="append",
+        metavar="ENV",
+        help="another environment, granted at once with the first (all or nothing); repeat for more",
+    )
+    parser.add_argument(
+        "--and-label",
+        dest="also_labels",
+        action="append",
+        metavar="LABEL",
+        help="another environment with this label, granted at once with the rest; repeat for more",
+    )
 
 
 def _add_acquire_options(parser: argparse.ArgumentParser, *, ttl: int) -> None:

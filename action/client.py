@@ -6,9 +6,9 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -33,7 +33,7 @@ from .errors import (
     UnexpectedResponse,
     UnknownHost,
 )
-from .models import JSON, Environment, Event, Lease, MalformedAnswer, Waiting
+from .models import JSON, Environment, Event, Group, Lease, MalformedAnswer, Waiting
 from .responses import error_from, json_object, parse, parse_item, unexpected
 from .retry import call_with_retries
 
@@ -107,8 +107,10 @@ class Client:
         timeout: float | None = None,
         on_wait: Callable[[Waiting], None] | None = None,
         on_request: Callable[[JSON], None] | None = None,
-    ) -> Lease:
-        """Acquire a slot of `environment`, or of any environment carrying `label`.
+        also: Sequence[tuple[str | None, str | None]] = (),
+    ) -> Lease | Group:
+        """Acquire a slot of `environment`, or of any environment carrying `label`; with `also` (more
+        (environment, label) parts, one of the two set in each), every part at once: a Group.
 
         With `wait` (the default) it queues and long-polls until granted, calling `on_wait` with
         each 202 (the first one at once, without long-polling); `timeout` seconds bound the
@@ -127,15 +129,16 @@ class Client:
         body: JSON = {"request_id": str(uuid.uuid4())}
         if (environment is None) == (label is None):
             raise ValueError("give exactly one of environment and label")
-        if environment is not None:
-            body["environment"] = environment
+        first: JSON = {"environment": environment} if environment is not None else {"label": label}
+        if also:
+            body["all"] = [first, *({"environment": e} if e is not None else {"label": lb} for e, lb in also)]
         else:
-            body["label"] = label
+            body.update(first)
         optional = {"ttl": ttl, "holder": holder, "priority": priority, "metadata": metadata}
         body.update({key: value for key, value in optional.items() if value is not None})
         return Acquisition(self, body, wait=wait, timeout=timeout, on_wait=on_wait, on_request=on_request).run()
 
-    def withdraw(self, request: Mapping[str, Any]) -> Lease | Waiting | None:
+    def withdraw(self, request: Mapping[str, Any]) -> Lease | Group | Waiting | None:
         """Give back what an acquire's `request` (as `on_request` got it) made: release its lease or
         leave its place; returns what was given back, None when it held nothing.
 
@@ -162,8 +165,23 @@ class Client:
 
         return hold(self, environment, renew_every=renew_every, on_lost=on_lost, **acquire_options)
 
-    def renew(self, lease: Lease | str, *, token: str | None = None, ttl: int | None = None) -> Lease:
-        """Extend a lease to now + `ttl` (default: its own TTL); returns it, token kept."""
+    @overload
+    def renew(self, lease: Lease | str, *, token: str | None = None, ttl: int | None = None) -> Lease: ...
+    @overload
+    def renew(self, lease: Group, *, token: str | None = None, ttl: int | None = None) -> Group: ...
+
+    def renew(self, lease: Lease | Group | str, *, token: str | None = None, ttl: int | None = None) -> Lease | Group:
+        """Extend a lease (or every lease of a group) to now + `ttl` (default: its own TTL); returns it, tokens
+        kept."""
+        if isinstance(lease, Group):
+            response = self._send(
+                "POST",
+                f"/v1/groups/{_segment(lease.id)}/renew",
+                json={"ttl": ttl} if ttl is not None else None,
+                headers={HEADER_LEASE_TOKEN: token or lease.token or ""},
+                context={"group": lease.id},
+            )
+            return parse(Group.from_json, response, {"group": lease.id}).with_tokens(lease)
         lease_id, token = _lease_and_token(lease, token)
         response = self._send(
             "POST",
@@ -174,8 +192,17 @@ class Client:
         )
         return parse(Lease.from_json, response, {"lease": lease_id}).with_token(token)
 
-    def release(self, lease: Lease | str, *, token: str | None = None) -> None:
-        """Release a lease; releasing one already released is fine (LeaseGone if it had ended otherwise)."""
+    def release(self, lease: Lease | Group | str, *, token: str | None = None) -> None:
+        """Release a lease (or every lease of a group); releasing one already released is fine (LeaseGone if it had
+        ended otherwise)."""
+        if isinstance(lease, Group):
+            self._send(
+                "DELETE",
+                f"/v1/groups/{_segment(lease.id)}",
+                headers={HEADER_LEASE_TOKEN: token or lease.token or ""},
+                context={"group": lease.id},
+            )
+            return
         lease_id, token = _lease_and_token(lease, token)
         self._send(
             "DELETE",
@@ -278,7 +305,7 @@ class Client:
 
     # The one way out to the server.
 
-    def _acquire_once(self, body: JSON, *, deadline: float, shown: Mapping[str, object]) -> Lease | Waiting:
+    def _acquire_once(self, body: JSON, *, deadline: float, shown: Mapping[str, object]) -> Lease | Group | Waiting:
         """One POST /v1/leases (retried through outages up to `deadline`): a Lease or a Waiting."""
         wait = float(body.get("wait") or 0)
         response = self._send(
@@ -290,6 +317,8 @@ class Client:
             read_timeout=wait + LONG_POLL_READ_MARGIN if wait else None,
         )
         if response.status_code == 201:
+            if "all" in body:
+                return parse(Group.from_json, response, shown)
             return parse(Lease.from_json, response, shown)
         if response.status_code == 202:
             return parse(Waiting.from_json, response, shown)

@@ -34,9 +34,9 @@ from .errors import (
     WaitTimeout,
     WrongToken,
 )
-from .format import clock_time, env_lines, go_duration, lease_variables
+from .format import clock_time, env_lines, go_duration, group_variables, lease_variables
 from .interrupt import Terminated
-from .models import Lease, Waiting
+from .models import Group, Lease, Waiting
 from .releasing import release_or_report
 from .state import StateFile, default_path
 from .views import (
@@ -70,8 +70,12 @@ class Context:
     def client(self) -> Client:
         return self.settings.client()
 
-    def remember(self, lease: Lease) -> None:
-        """Keep the lease for a later `release ENV`; a failure here must not lose the lease."""
+    def remember(self, lease: Lease | Group) -> None:
+        """Keep the lease (each of a group's) for a later `release ENV`; a failure here must not lose the lease."""
+        if isinstance(lease, Group):
+            for one in lease.leases:
+                self.remember(one)
+            return
         try:
             self.state.add(self.settings.url, lease)
         except (OSError, CallMeError) as exc:
@@ -93,6 +97,7 @@ class Context:
             "metadata": _with_pipeline(_metadata(args.metadata, args.meta)),
             "wait": not args.no_wait,
             "timeout": args.timeout,
+            "also": [(name, None) for name in args.also or ()] + [(None, label) for label in args.also_labels or ()],
         }
 
 
@@ -147,8 +152,9 @@ def wait_printer(stream: TextIO) -> Callable[[Waiting], None]:
     return print_waiting
 
 
-def print_acquired(stream: TextIO, lease: Lease, waited: float) -> None:
-    print(f"acquired slot for environment: {lease.environment}", file=stream)
+def print_acquired(stream: TextIO, lease: Lease | Group, waited: float) -> None:
+    for one in lease.leases if isinstance(lease, Group) else (lease,):
+        print(f"acquired slot for environment: {one.environment}", file=stream)
     print(f"waited {go_duration(waited)}", file=stream, flush=True)
 
 
@@ -164,7 +170,12 @@ def request(ctx: Context) -> int:
     if args.output == "json":
         print(to_json({**json.loads(to_json(lease)), "waited": round(waited, 3)}))
     elif args.output == "env":
-        sys.stdout.write(env_lines(lease_variables(lease, with_token=True)))
+        variables = (
+            group_variables(lease, with_token=True)
+            if isinstance(lease, Group)
+            else lease_variables(lease, with_token=True)
+        )
+        sys.stdout.write(env_lines(variables))
     return ExitCode.OK
 
 

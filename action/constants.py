@@ -19,6 +19,9 @@ EXPORT_LEASE_TOKEN = "CALL_ME_LEASE_TOKEN"  # noqa: S105 - a variable name, not 
 EXPORT_FENCE = "CALL_ME_FENCE"
 EXPORT_EXPIRES_AT = "CALL_ME_EXPIRES_AT"
 EXPORT_PROPERTY_PREFIX = "CALL_ME_PROPERTY_"
+# A group of several environments (`--and`): its id and token, then each lease's variables prefixed by the name.
+EXPORT_GROUP_ID = "CALL_ME_GROUP_ID"
+EXPORT_GROUP_TOKEN = "CALL_ME_GROUP_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 HEADER_API_KEY = "X-API-KEY"
 HEADER_LEASE_TOKEN = "X-Lease-Token"  # noqa: S105 - a header name, not a secret

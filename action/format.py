@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from .constants import (
     EXPORT_ENVIRONMENT,
     EXPORT_EXPIRES_AT,
     EXPORT_FENCE,
+    EXPORT_GROUP_ID,
+    EXPORT_GROUP_TOKEN,
     EXPORT_LEASE_ID,
     EXPORT_LEASE_TOKEN,
     EXPORT_PROPERTY_PREFIX,
 )
-from .models import Lease
+from .models import Group, Lease
 
 _NS_PER_SECOND = 1_000_000_000
 _NS_PER_MS = 1_000_000
@@ -82,6 +84,38 @@ def lease_variables(lease: Lease, *, with_token: bool) -> dict[str, str]:
     variables[EXPORT_EXPIRES_AT] = rfc3339(lease.expires_at)
     for name, value in sorted(lease.properties.items()):
         variables[property_variable(name)] = value
+    return variables
+
+
+def part_prefixes(environments: Sequence[str]) -> list[str]:
+    """The prefix of each part's variables for a group (API.md): `CALL_ME_<ENVIRONMENT>_`, the name upper-cased
+    with every character but letters and digits made `_`; a part whose prefix would make a variable of another
+    part's (the same, or one that starts with the other's and `_`) gets `CALL_ME_PART<n>_`, n its place from 1."""
+    chosen: list[str] = []
+
+    def clashes(candidate: str) -> bool:
+        return any(c.startswith(candidate) or candidate.startswith(c) for c in chosen)
+
+    for n, environment in enumerate(environments, 1):
+        candidate = "CALL_ME_" + re.sub(r"[^A-Z0-9]", "_", environment.upper()) + "_"
+        if clashes(candidate):
+            candidate = f"CALL_ME_PART{n}_"
+            while clashes(candidate):
+                candidate = candidate[:-1] + "X_"
+        chosen.append(candidate)
+    return chosen
+
+
+def group_variables(group: Group, *, with_token: bool) -> dict[str, str]:
+    """The variables of a group: its id (and token), then each lease's as `lease_variables` names them, prefixed
+    by its environment's name (`CALL_ME_UAT_LEASE_ID`, `CALL_ME_UAT_PROPERTY_URL`)."""
+    variables = {EXPORT_GROUP_ID: group.id}
+    if with_token and group.token:
+        variables[EXPORT_GROUP_TOKEN] = group.token
+    prefixes = part_prefixes([lease.environment for lease in group.leases])
+    for prefix, lease in zip(prefixes, group.leases, strict=True):
+        for name, value in lease_variables(lease, with_token=with_token).items():
+            variables[prefix + name.removeprefix("CALL_ME_")] = value
     return variables
 
 

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .format import clock_time, go_duration, rfc3339
 from .interrupt import Terminated
-from .models import JSON, Lease, Waiting
+from .models import JSON, Group, Lease, Waiting
 from .releasing import release_or_report
 from .views import describe, waiting_line
 from .workflow import FileCommandError, Workflow
@@ -59,6 +59,7 @@ STATE_TICKET = "ticket"
 STATE_LEASE_ID = "lease_id"
 STATE_LEASE_TOKEN = "lease_token"  # noqa: S105 - a state name, not a secret
 STATE_ENVIRONMENT = "environment"
+STATE_GROUP = "group"  # "true" when lease_id and lease_token are a group's id and token (input environments)
 
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE", ""})
@@ -79,6 +80,7 @@ class ActionInputs:
     priority: int | None
     metadata: dict[str, Any]
     wait: bool
+    also: tuple[str, ...] = ()  # the environments after the first of input "environments": one grant of all
 
 
 def read_inputs(workflow: Workflow) -> ActionInputs:
@@ -93,8 +95,16 @@ def read_inputs(workflow: Workflow) -> ActionInputs:
         )
     environment = workflow.input("environment") or None
     label = workflow.input("label") or None
+    listed = _environments(workflow)
+    if listed and (environment is not None or label is not None):
+        raise BadInput('input "environments" is set with "environment" or "label": give the list alone')
+    if listed:
+        environment = listed[0]
     if environment is None and label is None:
-        raise BadInput('neither input "environment" nor "label" is set: give the environment to hold, or a label')
+        raise BadInput(
+            'none of the inputs "environment", "label" and "environments" is set: give the environment to hold, '
+            "a label, or a list of environments"
+        )
     if environment is not None and label is not None:
         raise BadInput(f'inputs "environment" ({environment}) and "label" ({label}) are both set: give only one')
     return ActionInputs(
@@ -107,7 +117,23 @@ def read_inputs(workflow: Workflow) -> ActionInputs:
         priority=_optional_int(workflow, "priority"),
         metadata={**_run_metadata(workflow), **_metadata(workflow)},
         wait=not _boolean(workflow, "no-wait"),
+        also=tuple(listed[1:]),
     )
+
+
+def _environments(workflow: Workflow) -> list[str]:
+    """Input "environments": names separated by commas or new lines (YAML's `uat, payments-sandbox`, or a block
+    with one name a line), spaces around each dropped; 2 to 8 of them, each once."""
+    raw = workflow.input("environments")
+    names = [name.strip() for line in raw.splitlines() for name in line.split(",") if name.strip()]
+    if not names:
+        return []
+    if len(names) > 8:
+        raise BadInput(f'input "environments" names {len(names)} environments: give at most 8')
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise BadInput(f'input "environments" names {twice} twice: name each environment once')
+    return names
 
 
 def acquire_step(workflow: Workflow) -> int:
@@ -119,6 +145,8 @@ def acquire_step(workflow: Workflow) -> int:
         return ExitCode.USAGE
     workflow.mask(inputs.settings.api_key)
     target = f"environment {inputs.environment}" if inputs.environment else f"any environment labelled {inputs.label}"
+    if inputs.also:
+        target = "environments " + ", ".join([inputs.environment or "", *inputs.also]) + " at once"
     workflow.print(f"call-me: requesting {target} at {inputs.settings.url} for {inputs.holder or 'this key'}")
     started = time.monotonic()
     saved_ticket = ""
@@ -146,6 +174,7 @@ def acquire_step(workflow: Workflow) -> int:
                 priority=inputs.priority,
                 metadata=inputs.metadata,
                 wait=inputs.wait,
+                also=[(name, None) for name in inputs.also],
                 timeout=inputs.timeout,
                 on_wait=on_wait,
                 on_request=on_request,
@@ -172,16 +201,25 @@ def acquire_step(workflow: Workflow) -> int:
     return _granted(workflow, inputs, lease, waited)
 
 
-def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease, waited: float) -> int:
+def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease | Group, waited: float) -> int:
     token = lease.token or ""
     try:
         workflow.mask(token)
+        if isinstance(lease, Group):
+            for one in lease.leases:
+                workflow.mask(one.token or "")
         workflow.save_state(
             {
                 STATE_URL: inputs.settings.url,
                 STATE_LEASE_ID: lease.id,
                 STATE_LEASE_TOKEN: token,
-                STATE_ENVIRONMENT: lease.environment,
+                # A group's names one a line (a name holds no control character, so no new line).
+                STATE_ENVIRONMENT: (
+                    "\n".join(one.environment for one in lease.leases)
+                    if isinstance(lease, Group)
+                    else lease.environment
+                ),
+                STATE_GROUP: "true" if isinstance(lease, Group) else "",
             }
         )
     except (FileCommandError, OSError) as exc:
@@ -194,6 +232,8 @@ def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease, waited: flo
         workflow.print("call-me: cancelled as the slot was granted; releasing it")
         _release_now(workflow, inputs, lease)
         return 128 + exc.signum if isinstance(exc, Terminated) else ExitCode.INTERRUPTED
+    if isinstance(lease, Group):
+        return _granted_group(workflow, lease, waited)
     workflow.set_outputs(
         {
             "environment": lease.environment,
@@ -213,7 +253,43 @@ def _granted(workflow: Workflow, inputs: ActionInputs, lease: Lease, waited: flo
     return ExitCode.OK
 
 
-def _release_now(workflow: Workflow, inputs: ActionInputs, lease: Lease) -> None:
+def _granted_group(workflow: Workflow, group: Group, waited: float) -> int:
+    """The outputs of a group: `environment` lists the names, `lease-id` is the group's id, `fence` the fences and
+    `properties` one object per environment; `leases` has each lease in full."""
+    leases = [
+        {
+            "environment": lease.environment,
+            "id": lease.id,
+            "fence": lease.fence,
+            "expires_at": rfc3339(lease.expires_at),
+            "properties": dict(lease.properties),
+        }
+        for lease in group.leases
+    ]
+    workflow.set_outputs(
+        {
+            "environment": group.environment,
+            "lease-id": group.id,
+            "fence": ",".join(str(lease.fence) for lease in group.leases),
+            "waited": f"{waited:.3f}",
+            "expires-at": rfc3339(group.expires_at),
+            "properties": json.dumps(
+                {lease.environment: dict(lease.properties) for lease in group.leases},
+                sort_keys=True,
+                ensure_ascii=False,
+            ),
+            "leases": json.dumps(leases, sort_keys=True, ensure_ascii=False),
+        }
+    )
+    for lease in group.leases:
+        workflow.print(f"acquired slot for environment: {lease.environment}")
+    workflow.print(f"waited {go_duration(waited)}; group {group.id} until {clock_time(group.expires_at)}")
+    with contextlib.suppress(OSError):
+        workflow.add_summary("".join(_summary(lease, waited) for lease in group.leases))
+    return ExitCode.OK
+
+
+def _release_now(workflow: Workflow, inputs: ActionInputs, lease: Lease | Group) -> None:
     def failed(exc: CallMeError) -> None:
         workflow.warning(f"could not release lease {lease.id} on {lease.environment} ({exc}); it expires by its ttl")
 
@@ -248,7 +324,11 @@ def release_step(workflow: Workflow) -> int:
         settings = resolve(workflow.environ, url=url, api_key=api_key)
         with settings.client() as client:
             if lease_id and token:
-                _release(workflow, client, lease_id, token, environment)
+                if workflow.state(STATE_GROUP) == "true":
+                    group = Group(id=lease_id, leases=(), token=token)
+                    _release(workflow, client, group, token, environment)
+                else:
+                    _release(workflow, client, lease_id, token, environment)
                 return ExitCode.OK
             if ticket:
                 client.leave(ticket)
@@ -271,16 +351,19 @@ _WITHDRAWING = (
 )
 
 
-def _release(workflow: Workflow, client: Client, lease_id: str, token: str, environment: str) -> None:
+def _release(workflow: Workflow, client: Client, lease: str | Group, token: str, environment: str) -> None:
+    lease_id = lease.id if isinstance(lease, Group) else lease
+
     def ended(_: LeaseGone) -> None:
         workflow.warning(
             f"lease {lease_id} on {environment} had already ended (expired or revoked) before the post step: "
             "the environment may have been used by someone else meanwhile; give a longer ttl"
         )
 
-    if not release_or_report(client, lease_id, token=token, on_ended=ended):
+    if not release_or_report(client, lease, token=token, on_ended=ended):
         return
-    workflow.print(f"slot has been freed for environment: {environment}")
+    for name in environment.splitlines() if isinstance(lease, Group) else [environment]:
+        workflow.print(f"slot has been freed for environment: {name}")
     with contextlib.suppress(OSError):  # The summary is a courtesy: never fail the post step over it.
         workflow.add_summary(f"Released {_cell(environment)} (lease `{lease_id}`).\n")
 
@@ -296,7 +379,11 @@ def _withdraw(workflow: Workflow, client: Client, saved: str, *, quiet: bool) ->
         return
     workflow.mask(str(request["request_id"]))
     outcome = client.withdraw(request)
-    if isinstance(outcome, Lease):
+    if isinstance(outcome, Group):
+        workflow.print(f"call-me: the main step stopped before the leases reached it; released group {outcome.id}")
+        for lease in outcome.leases:
+            workflow.print(f"slot has been freed for environment: {lease.environment}")
+    elif isinstance(outcome, Lease):
         workflow.print(f"call-me: the main step stopped before the lease reached it; released lease {outcome.id}")
         workflow.print(f"slot has been freed for environment: {outcome.environment}")
         with contextlib.suppress(OSError):

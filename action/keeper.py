@@ -27,7 +27,7 @@ from .retry import is_retryable
 
 if TYPE_CHECKING:
     from .client import Client
-    from .models import Lease
+    from .models import Group, Lease
 
 logger = logging.getLogger("callme.client")
 
@@ -41,13 +41,13 @@ class HeldLease:
     def __init__(
         self,
         client: Client,
-        lease: Lease,
+        lease: Lease | Group,
         *,
         every: float,
         on_lost: Callable[[CallMeError], None] | None,
     ) -> None:
         self.client = client
-        self.lease = lease
+        self.lease: Lease | Group = lease
         self.every = every
         self.on_lost = on_lost
         self.lost: LeaseLost | None = None
@@ -146,7 +146,7 @@ def hold(
         raise held.lost
 
 
-def release(client: Client, lease: Lease) -> bool:
+def release(client: Client, lease: Lease | Group) -> bool:
     """Release, saying why not instead of raising: this runs on the way out of something else."""
 
     def ended(_: LeaseGone) -> None:

@@ -64,6 +64,51 @@ class Lease:
 
 
 @dataclasses.dataclass(frozen=True)
+class Group:
+    """Several environments granted at once (`all`): one lease per part, in their order, and the group's id and
+    token, which renew and release them all. Read like one lease where that is enough (`environment`, `ttl`...)."""
+
+    id: str
+    leases: tuple[Lease, ...]
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Group:
+        leases = tuple(Lease.from_json(lease) for lease in _required(data, "leases", list))
+        if not leases:
+            raise MalformedAnswer("a group without leases")
+        return cls(id=_required(data, "group", str), leases=leases, token=data.get("token"))
+
+    def with_tokens(self, earlier: Group) -> Group:
+        """This group (a renewal's answer, which carries no token) with the tokens of `earlier`."""
+        tokens = {lease.id: lease.token for lease in earlier.leases}
+        leases = tuple(lease.with_token(tokens.get(lease.id)) for lease in self.leases)
+        return dataclasses.replace(self, leases=leases, token=earlier.token)
+
+    @property
+    def environment(self) -> str:
+        return ", ".join(lease.environment for lease in self.leases)
+
+    def waited(self, measured_here: float) -> float:
+        """The queue time the server measured for the group (its parts were granted at once), else the client's."""
+        measured = [lease.queued_for for lease in self.leases]
+        return max(m for m in measured if m is not None) if measured and None not in measured else measured_here
+
+    @property
+    def holder(self) -> str:
+        return self.leases[0].holder
+
+    @property
+    def ttl(self) -> int:
+        return min(lease.ttl for lease in self.leases)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        times = [lease.expires_at for lease in self.leases if lease.expires_at is not None]
+        return min(times) if times else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Waiting:
     """A 202: not granted yet, still in the queue at `position` (1 = next)."""
 
@@ -76,6 +121,8 @@ class Waiting:
     ticket: str = dataclasses.field(repr=False, default="")
     # The environments it could use that are in maintenance, each with its note: why a free slot is not granted.
     maintenance: tuple[tuple[str, str | None], ...] = ()
+    # A group's parts (`all`), each `environment ...` or `label ...` for messages; empty for one target.
+    parts: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: JSON) -> Waiting:
@@ -91,6 +138,11 @@ class Waiting:
                 (str(m["environment"]), str(m["note"]) if m.get("note") else None)
                 for m in data.get("maintenance") or ()
                 if isinstance(m, dict) and isinstance(m.get("environment"), str)
+            ),
+            parts=tuple(
+                f"environment {p['environment']}" if "environment" in p else f"label {p.get('label')}"
+                for p in data.get("all") or ()
+                if isinstance(p, dict)
             ),
         )
 

@@ -15,12 +15,12 @@ from .errors import CallMeError, LeaseGone
 
 if TYPE_CHECKING:
     from .client import Client
-    from .models import Lease
+    from .models import Group, Lease
 
 
 def release_or_report(
     client: Client,
-    lease: Lease | str,
+    lease: Lease | Group | str,
     *,
     token: str | None = None,
     on_ended: Callable[[LeaseGone], None],

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .constants import EXPORT_EXPIRES_AT, EXPORT_LEASE_TOKEN, ExitCode
 from .errors import LeaseLost
-from .format import lease_variables
+from .format import group_variables, lease_variables
 from .keeper import hold
 from .views import describe
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from .commands import Context
-    from .models import Lease
+    from .models import Group, Lease
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _COMMAND_NOT_FOUND = 127
@@ -99,7 +99,14 @@ def _run_child(cmd: list[str], env: dict[str, str], forwarder: _Forwarder, prog:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _child_environment(lease: Lease) -> dict[str, str]:
+def _child_environment(lease: Lease | Group) -> dict[str, str]:
+    from .models import Group
+
+    if isinstance(lease, Group):
+        variables = group_variables(lease, with_token=False)
+        # As for one lease: no expiry (it moves with every renewal) and no token.
+        variables = {k: v for k, v in variables.items() if not k.endswith(("_EXPIRES_AT", "_LEASE_TOKEN"))}
+        return {**os.environ, **variables}
     variables = lease_variables(lease, with_token=False)
     # The expiry moves with every renewal, so a fixed value would mislead the command.
     variables.pop(EXPORT_EXPIRES_AT, None)

@@ -31,7 +31,9 @@ def holders_text(holders: Sequence[Lease]) -> str:
 
 def waiting_line(waiting: Waiting) -> str:
     """The original's `waiting for free slot on environment: uat`, with where we are and why."""
-    if waiting.label is not None and waiting.environment is None:
+    if waiting.parts:
+        target = "all at once of " + ", ".join(waiting.parts)
+    elif waiting.label is not None and waiting.environment is None:
         target = f"label: {waiting.label}"
     else:
         target = f"environment: {waiting.environment}"

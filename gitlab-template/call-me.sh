@@ -34,13 +34,14 @@ _cm_retry_for=${CALL_ME_RETRY_FOR:-60}
 case ${_cm_ci:-gitlab} in
 generic)
     _cm_n_env=CALL_ME_ENVIRONMENT _cm_n_label=CALL_ME_LABEL _cm_n_ttl=CALL_ME_TTL _cm_n_timeout=CALL_ME_TIMEOUT
-    _cm_n_client=CALL_ME_CLIENT _cm_acquirer="call-me.sh acquire" _cm_releaser="call-me.sh release"
+    _cm_n_envs=CALL_ME_ENVIRONMENTS _cm_n_client=CALL_ME_CLIENT _cm_acquirer="call-me.sh acquire" _cm_releaser="call-me.sh release"
     _cm_set_target="set one in the step's environment"
     _cm_set_url="set it in the step's environment, e.g. https://call-me.example.com"
     _cm_set_key="give it to the step from the CI system's secrets, never in the pipeline's file"
     ;;
 buildkite)
     _cm_n_env=environment _cm_n_label=label _cm_n_ttl=ttl _cm_n_timeout=timeout _cm_n_client=client
+    _cm_n_envs= # the plugin takes one target; several at once are for the CLI (`call-me run --and`)
     _cm_acquirer='the pre-command hook' _cm_releaser='the pre-exit hook'
     _cm_set_target="give the call-me plugin one of them in the step's plugins"
     _cm_set_url="export it in the job's environment (an agent environment hook or a Buildkite secret), never in pipeline.yml"
@@ -48,7 +49,7 @@ buildkite)
     ;;
 *)
     _cm_n_env=CALL_ME_ENVIRONMENT _cm_n_label=CALL_ME_LABEL _cm_n_ttl=CALL_ME_TTL _cm_n_timeout=CALL_ME_TIMEOUT
-    _cm_n_client=CALL_ME_CLIENT _cm_acquirer=before_script _cm_releaser=after_script
+    _cm_n_envs=CALL_ME_ENVIRONMENTS _cm_n_client=CALL_ME_CLIENT _cm_acquirer=before_script _cm_releaser=after_script
     _cm_set_target="set one in the job's variables"
     _cm_set_url="set it as a CI/CD variable (Settings > CI/CD > Variables), e.g. https://call-me.example.com"
     _cm_set_key="add it as a masked CI/CD variable (Settings > CI/CD > Variables, Masked)"
@@ -98,7 +99,8 @@ _cm_json() { # VALUE: a JSON string, into _cm_out
 # Reads KEY='value' lines (API.md's text/plain answers, the CLI's --output env, our own lease
 # file) without eval-ing the text: each value is taken apart here ('\'' is a quote inside), and
 # only names of the list below are set. The one eval sees a checked name and a literal
-# `$_cm_val`, never the server's text. _cm_props lists the CALL_ME_PROPERTY_* names seen.
+# `$_cm_val`, never the server's text. _cm_props lists the CALL_ME_PROPERTY_* names seen (and, for
+# several environments at once, every CALL_ME_<ENV>_* name but the tokens).
 _cm_parse() { # TEXT; returns 1 on anything that is not such lines
     _cm_rest=$1
     _cm_props=
@@ -142,7 +144,13 @@ _cm_parse() { # TEXT; returns 1 on anything that is not such lines
         case $_cm_key in
         CALL_ME_LEASE_ID | CALL_ME_LEASE_TOKEN | CALL_ME_ENVIRONMENT | CALL_ME_FENCE | CALL_ME_EXPIRES_AT) ;;
         CALL_ME_TICKET | CALL_ME_POSITION | CALL_ME_ACQUIRED_BY | CALL_ME_ACQUIRED_AT) ;;
+        CALL_ME_GROUP_ID | CALL_ME_GROUP_TOKEN | CALL_ME_ENVIRONMENTS) ;;
+        CALL_ME_?*_LEASE_TOKEN) [ -n "${_cm_group:-}" ] || _cm_props="$_cm_props $_cm_key" ;; # never exported
         CALL_ME_PROPERTY_?*) _cm_props="$_cm_props $_cm_key" ;;
+        CALL_ME_?*_LEASE_ID | CALL_ME_?*_ENVIRONMENT | CALL_ME_?*_FENCE | CALL_ME_?*_EXPIRES_AT | CALL_ME_?*_PROPERTY_?*)
+            [ -n "${_cm_group:-}" ] || continue # a group's part, prefixed by its environment's name
+            _cm_props="$_cm_props $_cm_key"
+            ;;
         *) continue ;; # a newer server may say more
         esac
         eval "$_cm_key=\$_cm_val"
@@ -254,8 +262,31 @@ _cm_request_id() {
     _cm_id=${_cm_ci:-gitlab}-$_cm_id
 }
 
+_cm_names() { # LIST: CALL_ME_ENVIRONMENTS taken apart at its commas, spaces around each name dropped; sets "$@"
+    # The caller runs `set -f` first: a name is never a glob.
+    _cm_old_ifs=$IFS
+    IFS=,
+    # shellcheck disable=SC2086 # split at the commas, on purpose
+    set -- $1
+    IFS=$_cm_old_ifs
+    _cm_list=
+    for _cm_name in "$@"; do
+        while :; do case $_cm_name in ' '*) _cm_name=${_cm_name# } ;; *' ') _cm_name=${_cm_name% } ;; *) break ;; esac; done
+        [ -z "$_cm_name" ] || _cm_list="$_cm_list$_cm_name$_cm_nl"
+    done
+}
+
 _cm_acquire_curl() {
-    if [ -n "$CALL_ME_ENVIRONMENT" ]; then
+    if [ -n "$_cm_group" ]; then
+        _cm_target=
+        _cm_rest=$_cm_list
+        while [ -n "$_cm_rest" ]; do
+            _cm_json "${_cm_rest%%"$_cm_nl"*}"
+            _cm_target="$_cm_target,{\"environment\":$_cm_out}"
+            _cm_rest=${_cm_rest#*"$_cm_nl"}
+        done
+        _cm_target="\"all\":[${_cm_target#,}]"
+    elif [ -n "$CALL_ME_ENVIRONMENT" ]; then
         _cm_json "$CALL_ME_ENVIRONMENT"
         _cm_target="\"environment\":$_cm_out"
     else
@@ -301,7 +332,11 @@ _cm_acquire_curl() {
         case $_cm_status in
         201)
             _cm_parse "$_cm_body" || _cm_die 1 "the server's answer is not KEY='value' lines; is CALL_ME_URL a call-me server?"
-            if [ -z "${CALL_ME_LEASE_ID:-}" ] || [ -z "${CALL_ME_LEASE_TOKEN:-}" ]; then
+            if [ -n "$_cm_group" ]; then
+                if [ -z "${CALL_ME_GROUP_ID:-}" ] || [ -z "${CALL_ME_GROUP_TOKEN:-}" ]; then
+                    _cm_die 1 "the server's answer has no group id or token"
+                fi
+            elif [ -z "${CALL_ME_LEASE_ID:-}" ] || [ -z "${CALL_ME_LEASE_TOKEN:-}" ]; then
                 _cm_die 1 "the server's answer has no lease id or token"
             fi
             rm -f "$_cm_state/ticket" # request.json goes once the lease is written (_cm_acquire)
@@ -336,12 +371,23 @@ _cm_acquire_cli() {
     [ -z "${CI_JOB_URL:-}" ] || set -- "$@" --meta "job_url=$CI_JOB_URL"
     [ -z "${CI_COMMIT_SHA:-}" ] || set -- "$@" --meta "commit=$CI_COMMIT_SHA"
     [ -z "${CI_PROJECT_PATH:-}" ] || set -- "$@" --meta "project=$CI_PROJECT_PATH"
-    if [ -n "$CALL_ME_ENVIRONMENT" ]; then set -- "$@" -- "$CALL_ME_ENVIRONMENT"; else set -- "$@" --label="$CALL_ME_LABEL"; fi
+    if [ -n "$_cm_group" ]; then
+        _cm_rest=${_cm_list#*"$_cm_nl"}
+        while [ -n "$_cm_rest" ]; do
+            set -- "$@" --and="${_cm_rest%%"$_cm_nl"*}"
+            _cm_rest=${_cm_rest#*"$_cm_nl"}
+        done
+        set -- "$@" -- "${_cm_list%%"$_cm_nl"*}"
+    elif [ -n "$CALL_ME_ENVIRONMENT" ]; then
+        set -- "$@" -- "$CALL_ME_ENVIRONMENT"
+    else
+        set -- "$@" --label="$CALL_ME_LABEL"
+    fi
     # The CLI keeps the token in its state file, so `release --lease ID` needs no --token.
     _cm_out=$(CALL_ME_URL=$CALL_ME_URL CALL_ME_STATE_FILE="$_cm_state/cli-state.json" call-me "$@")
     _cm_code=$?
     [ "$_cm_code" = 0 ] || _cm_die "$_cm_code" "could not acquire $_cm_what (call-me exited with $_cm_code)"
-    if ! _cm_parse "$_cm_out" || [ -z "${CALL_ME_LEASE_ID:-}" ]; then
+    if ! _cm_parse "$_cm_out" || [ -z "${CALL_ME_LEASE_ID:-}${CALL_ME_GROUP_ID:-}" ]; then
         _cm_die 1 "call-me request --output env printed no lease; is the CLI in the image up to date?"
     fi
 }
@@ -349,13 +395,28 @@ _cm_acquire_cli() {
 _cm_acquire() {
     CALL_ME_ENVIRONMENT=${CALL_ME_ENVIRONMENT:-}
     CALL_ME_LABEL=${CALL_ME_LABEL:-}
-    if [ -n "$CALL_ME_ENVIRONMENT" ] && [ -n "$CALL_ME_LABEL" ]; then
+    CALL_ME_ENVIRONMENTS=${CALL_ME_ENVIRONMENTS:-}
+    _cm_group=
+    if [ -n "$CALL_ME_ENVIRONMENTS" ]; then
+        [ -z "$CALL_ME_ENVIRONMENT$CALL_ME_LABEL" ] ||
+            _cm_die 2 "$_cm_n_envs is set with $_cm_n_env or $_cm_n_label; keep the list alone"
+        set -f
+        _cm_names "$CALL_ME_ENVIRONMENTS"
+        set +f
+        [ -n "$_cm_list" ] || _cm_die 2 "$_cm_n_envs='$CALL_ME_ENVIRONMENTS' names no environment"
+        _cm_group=1
+        _cm_replace "${_cm_list%"$_cm_nl"}" "$_cm_nl" ", "
+        _cm_what="environments $_cm_out (all at once)"
+    elif [ -n "$CALL_ME_ENVIRONMENT" ] && [ -n "$CALL_ME_LABEL" ]; then
         _cm_die 2 "both $_cm_n_env ($CALL_ME_ENVIRONMENT) and $_cm_n_label ($CALL_ME_LABEL) are set; keep one"
     elif [ -n "$CALL_ME_ENVIRONMENT" ]; then
         _cm_what="environment $CALL_ME_ENVIRONMENT"
     elif [ -n "$CALL_ME_LABEL" ]; then
         _cm_what="an environment labelled $CALL_ME_LABEL"
     else
+        if [ -n "$_cm_n_envs" ]; then
+            _cm_die 2 "none of $_cm_n_env, $_cm_n_label and $_cm_n_envs is set; $_cm_set_target"
+        fi
         _cm_die 2 "neither $_cm_n_env nor $_cm_n_label is set; $_cm_set_target"
     fi
     _cm_settings
@@ -386,9 +447,14 @@ _cm_acquire() {
     rm -f "$_cm_state/lease" "$_cm_state/variables" "$_cm_state/ticket"
     _cm_say "acquiring $_cm_what for $_cm_ttl s from $CALL_ME_URL (with $_cm_client)"
     CALL_ME_LEASE_ID='' CALL_ME_LEASE_TOKEN='' CALL_ME_FENCE='' CALL_ME_EXPIRES_AT=''
+    CALL_ME_GROUP_ID='' CALL_ME_GROUP_TOKEN=''
     if [ "$_cm_client" = cli ]; then _cm_acquire_cli; else _cm_acquire_curl; fi
     CALL_ME_ACQUIRED_BY=$_cm_client
     CALL_ME_ACQUIRED_AT=$(_cm_now)
+    if [ -n "$_cm_group" ]; then
+        _cm_acquired_group
+        return 0
+    fi
     # Written before anything else can fail, so that after_script always finds the lease.
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
     _cm_write "$_cm_state/lease" CALL_ME_LEASE_ID CALL_ME_LEASE_TOKEN CALL_ME_ENVIRONMENT CALL_ME_FENCE \
@@ -419,10 +485,17 @@ _cm_withdraw() { # the job was killed before it learnt what its POST made: ask a
     fi
     case $_cm_status in
     201)
+        CALL_ME_GROUP_ID='' CALL_ME_LEASE_ID=''
         _cm_parse "$_cm_body" || return 0
+        if [ -n "${CALL_ME_GROUP_ID:-}" ]; then # several environments at once: released as a group
+            CALL_ME_LEASE_ID=$CALL_ME_GROUP_ID CALL_ME_LEASE_TOKEN=$CALL_ME_GROUP_TOKEN CALL_ME_ENVIRONMENT=group
+            _cm_path=/v1/groups
+        else
+            _cm_path=/v1/leases
+        fi
         printf 'X-Lease-Token: %s\n' "$CALL_ME_LEASE_TOKEN" >"$_cm_state/token-header"
         _cm_until=$(($(_cm_now) + 15))
-        if _cm_call DELETE "/v1/leases/$CALL_ME_LEASE_ID" 20 -H @"$_cm_state/token-header" && [ "$_cm_status" = 204 ]; then
+        if _cm_call DELETE "$_cm_path/$CALL_ME_LEASE_ID" 20 -H @"$_cm_state/token-header" && [ "$_cm_status" = 204 ]; then
             _cm_say "released $CALL_ME_ENVIRONMENT (lease $CALL_ME_LEASE_ID), granted as the job stopped"
         else
             _cm_say "could not release lease $CALL_ME_LEASE_ID; it expires after its TTL"
@@ -433,6 +506,60 @@ _cm_withdraw() { # the job was killed before it learnt what its POST made: ask a
         ;;
     *) _cm_say "its request made nothing that is still held (HTTP $_cm_status)" ;;
     esac
+}
+
+_cm_acquired_group() { # the lease file and the job's variables of several environments held at once
+    _cm_write "$_cm_state/lease" CALL_ME_GROUP_ID CALL_ME_GROUP_TOKEN CALL_ME_ENVIRONMENTS \
+        CALL_ME_ACQUIRED_BY CALL_ME_ACQUIRED_AT || _cm_die 1 "cannot write the lease to $_cm_state/lease"
+    rm -f "$_cm_state/request.json"
+    : >"$_cm_state/variables.new"
+    # shellcheck disable=SC2086 # _cm_props is a list of variable names
+    for _cm_name in CALL_ME_ENVIRONMENTS CALL_ME_GROUP_ID $_cm_props; do
+        eval "_cm_quote \"\${$_cm_name:-}\""
+        printf 'export %s=%s\n' "$_cm_name" "$_cm_out" >>"$_cm_state/variables.new"
+    done
+    mv -f "$_cm_state/variables.new" "$_cm_state/variables"
+    _cm_say "acquired $_cm_what (group $CALL_ME_GROUP_ID, waited $(($(_cm_now) - _cm_started))s);" \
+        "after_script releases them all, else they expire after CALL_ME_TTL"
+}
+
+_cm_release_group() { # after_script for several environments held at once: release the group
+    _cm_held=$(($(_cm_now) - ${CALL_ME_ACQUIRED_AT:-0}))
+    _cm_code=0
+    if [ "${CALL_ME_ACQUIRED_BY:-}" = cli ] && command -v call-me >/dev/null 2>&1; then
+        # The CLI keeps each lease of the group in its state file: each is released by its name.
+        set -f
+        _cm_names "$CALL_ME_ENVIRONMENTS"
+        set +f
+        _cm_rest=$_cm_list
+        while [ -n "$_cm_rest" ]; do
+            CALL_ME_URL=$CALL_ME_URL CALL_ME_STATE_FILE="$_cm_state/cli-state.json" \
+                call-me release -- "${_cm_rest%%"$_cm_nl"*}" >/dev/null || _cm_code=$?
+            _cm_rest=${_cm_rest#*"$_cm_nl"}
+        done
+    else
+        printf 'X-Lease-Token: %s\n' "$CALL_ME_GROUP_TOKEN" >"$_cm_state/token-header"
+        _cm_until=$(($(_cm_now) + _cm_retry_for))
+        if _cm_call DELETE "/v1/groups/$CALL_ME_GROUP_ID" 30 -H @"$_cm_state/token-header"; then
+            case $_cm_status in
+            204) ;;
+            410) _cm_say "a lease of group $CALL_ME_GROUP_ID had already ended (expired or revoked) before this" \
+                "release; raise CALL_ME_TTL if the job needs longer" ;;
+            *)
+                _cm_say "could not release $CALL_ME_ENVIRONMENTS: HTTP $_cm_status: $_cm_body"
+                _cm_code=1
+                ;;
+            esac
+        else
+            _cm_code=5
+        fi
+    fi
+    rm -rf "$_cm_state"
+    if [ "$_cm_code" = 0 ]; then
+        _cm_say "released $CALL_ME_ENVIRONMENTS (group $CALL_ME_GROUP_ID, held ${_cm_held}s)"
+    else
+        _cm_die "$_cm_code" "group $CALL_ME_GROUP_ID ($CALL_ME_ENVIRONMENTS) was not released; it ends by itself at its TTL"
+    fi
 }
 
 _cm_release() {
@@ -453,6 +580,11 @@ _cm_release() {
         return 0
     fi
     _cm_settings
+    CALL_ME_GROUP_ID=
+    if _cm_parse "$(cat "$_cm_state/lease")" && [ -n "${CALL_ME_GROUP_ID:-}" ]; then
+        _cm_release_group
+        return 0
+    fi
     if ! _cm_parse "$(cat "$_cm_state/lease")" || [ -z "${CALL_ME_LEASE_ID:-}" ]; then
         _cm_die 1 "$_cm_state/lease is damaged; the lease expires after its TTL"
     fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Environment names and labels: any 1..MAX_NAME_LENGTH characters but these, compared exactly (as the original
 # accepted any name). The control characters (C0, DEL, C1), written so that both Python's `re` and the ECMA
@@ -25,6 +25,9 @@ MAX_NOTE_LENGTH = 2000
 MAX_PROPERTIES = 100
 MAX_PROPERTY_VALUE_LENGTH = 2000
 MAX_LABELS = 50
+# A request for several environments at once (`all`): this many parts at least and at most.
+MIN_PARTS = 2
+MAX_PARTS = 8
 # Priorities are bounded so that they always fit the stores' 64-bit integers.
 MIN_PRIORITY = -1_000_000
 MAX_PRIORITY = 1_000_000

@@ -52,6 +52,8 @@ class Lease:
     seq: int | None = None
     # Set while a grant made to a ticket between polls waits for its client to come back for it.
     collect_by: float | None = None
+    # The group of leases granted together to one request of several parts (`all`), None for a single one.
+    group_id: str | None = None
 
     @property
     def live(self) -> bool:
@@ -78,6 +80,17 @@ class Ticket:
     state: TicketState = "waiting"
     lease_id: str | None = None
     ended_at: float | None = None
+    # One part of a request for several environments at once (`all`): every part has a row of its own, with
+    # consecutive seqs, all carrying the group's id; the requester holds the id of the first part's ticket.
+    group_id: str | None = None
+    # The group's place in the queue order: the seq of its first part (its parts' seqs need not be consecutive
+    # on PostgreSQL, where other requests take seqs meanwhile).
+    group_seq: int | None = None
+
+    @property
+    def request(self) -> str:
+        """What the queue orders and grants as one: the group of a part, else the ticket itself."""
+        return self.group_id if self.group_id is not None else self.id
 
     @property
     def target(self) -> str:

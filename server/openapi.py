@@ -21,6 +21,7 @@ from .constants import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
+    MAX_PARTS,
     MAX_PRIORITY,
     MAX_PROPERTIES,
     MAX_PROPERTY_VALUE_LENGTH,
@@ -29,6 +30,7 @@ from .constants import (
     MAX_WEBHOOK_SECRET_LENGTH,
     MAX_WEBHOOK_URL_LENGTH,
     MIN_ALERT_THRESHOLD,
+    MIN_PARTS,
     MIN_PRIORITY,
     MIN_WEBHOOK_SECRET_LENGTH,
     NAME_CONTROL_CHARACTERS,
@@ -152,6 +154,7 @@ def _schemas() -> dict[str, Schema]:
         "ended_at": _or_null(_TIME),
         "seq": _or_null(_integer(1)),
         "properties": _STRING_MAP,
+        "group": _or_null(_string(1, description="the group it was granted with (`all`), renewed and released by")),
         "token": _string(1, description="the secret of the lease; only in the 201 answer to its acquirer"),
         "queued_for": {
             "type": "number",
@@ -203,7 +206,23 @@ def _schemas() -> dict[str, Schema]:
                     "description": "the environments this request could use that are in maintenance (grant nothing)",
                     "items": _object({"environment": _NAME, "note": _or_null(_string())}),
                 },
-            }
+                "group": _string(1, description="a request of several parts (`all`): the group's id"),
+                "all": {"type": "array", "items": _ref("Part"), "description": "a group's parts"},
+            },
+            required=("ticket", "seq", "position", "environment", "label", "waited", "holders", "maintenance"),
+        ),
+        "Part": _object(
+            {"environment": _NAME, "label": _NAME},
+            required=(),
+            oneOf=[{"required": ["environment"]}, {"required": ["label"]}],
+        ),
+        "Group": _object(
+            {
+                "group": _string(1, description="renew and release every lease of the group by it"),
+                "token": _string(1, description="the group's secret; only in the 201 answer to its acquirer"),
+                "leases": {"type": "array", "items": _ref("Lease"), "description": "one per part, in their order"},
+            },
+            required=("group", "leases"),
         ),
         "QueueEntry": queue_entry,
         "Environment": _object(
@@ -290,9 +309,16 @@ def _schemas() -> dict[str, Schema]:
                 ),
                 "metadata": {"type": "object", "description": f"at most {MAX_METADATA_BYTES} bytes once encoded"},
                 "request_id": _string(1, MAX_REQUEST_ID_LENGTH),
+                "all": {
+                    "type": "array",
+                    "items": _ref("Part"),
+                    "minItems": MIN_PARTS,
+                    "maxItems": MAX_PARTS,
+                    "description": "several environments at once: one grant of every part, or a place in the queue",
+                },
             },
             required=(),
-            oneOf=[{"required": ["environment"]}, {"required": ["label"]}],
+            oneOf=[{"required": ["environment"]}, {"required": ["label"]}, {"required": ["all"]}],
         ),
         "RenewRequest": _object(
             {"ttl": _integer(1, DEFAULT_MAX_TTL), "token": _string(0, 200, description="or X-Lease-Token")}, required=()
@@ -339,6 +365,7 @@ def _v1_paths() -> dict[str, Schema]:
     environment = _json("the environment", _ref("Environment"))
     lease, ticket, name = _param_ref("LeaseId"), _param_ref("TicketId"), _param_ref("EnvironmentName")
     hook, webhook = _param_ref("WebhookName"), _json("the webhook", _ref("Webhook"))
+    group = _param_ref("GroupId")
     return {
         "/v1/leases": {
             "post": _op(
@@ -346,10 +373,16 @@ def _v1_paths() -> dict[str, Schema]:
                 "Acquire a slot of an environment (or of any environment with a label), or join the queue",
                 {
                     "201": {
-                        "description": "granted; the lease with its token",
-                        "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/leases/{id}"}},
+                        "description": "granted; the lease with its token (for `all`: the group, every lease with "
+                        "its token, and the group's token)",
+                        "headers": {
+                            "Location": {
+                                "schema": {"type": "string"},
+                                "description": "/v1/leases/{id}, or /v1/groups/{id} for `all`",
+                            }
+                        },
                         "content": {
-                            "application/json": {"schema": _ref("GrantedLease")},
+                            "application/json": {"schema": {"oneOf": [_ref("GrantedLease"), _ref("Group")]}},
                             "text/plain": _text(
                                 "KEY='value' lines for a POSIX shell, when Accept starts with text/plain",
                                 "CALL_ME_LEASE_ID='l_1'\nCALL_ME_LEASE_TOKEN='s3cret'\nCALL_ME_ENVIRONMENT='uat'\n"
@@ -387,6 +420,35 @@ def _v1_paths() -> dict[str, Schema]:
                 "renewLease",
                 "Extend a live lease to now + ttl",
                 {"200": public_lease, **_errors(400, 401, 403, 404, 410, 413, 422, 503)},
+                role="client",
+                parameters=[_param_ref("LeaseToken")],
+                requestBody=_body(_ref("RenewRequest"), required=False),
+            ),
+        },
+        "/v1/groups/{group}": {
+            "parameters": [group],
+            "get": _op(
+                "getGroup",
+                "The leases of a group granted at once (`all`), also once ended",
+                {"200": _json("the group, never a token", _ref("Group")), **_errors(401, 404, 503)},
+            ),
+            "delete": _op(
+                "releaseGroup",
+                "Release every lease of a group with the group's token, or force it (admin)",
+                {"204": _bare("released"), **_errors(401, 403, 404, 410, 422, 503)},
+                role="client",
+                parameters=[_param_ref("LeaseToken"), _param_ref("Force")],
+            ),
+        },
+        "/v1/groups/{group}/renew": {
+            "parameters": [group],
+            "post": _op(
+                "renewGroup",
+                "Extend every lease of a group to now + ttl, or none when one has ended (410)",
+                {
+                    "200": _json("the group, never a token", _ref("Group")),
+                    **_errors(400, 401, 403, 404, 410, 413, 422, 503),
+                },
                 role="client",
                 parameters=[_param_ref("LeaseToken")],
                 requestBody=_body(_ref("RenewRequest"), required=False),
@@ -716,6 +778,7 @@ def document() -> dict[str, Any]:
             "parameters": {
                 "LeaseId": _parameter("lease", "path", _string(1), "the lease id"),
                 "TicketId": _parameter("ticket", "path", _string(1), "the ticket id (secret)"),
+                "GroupId": _parameter("group", "path", _string(1), "the id of a group of leases"),
                 "EnvironmentName": _parameter("name", "path", _NAME, "the environment"),
                 "WebhookName": _parameter("name", "path", _HOOK_NAME, "the webhook"),
                 "LeaseToken": _parameter("X-Lease-Token", "header", _string(1), "the lease's token"),

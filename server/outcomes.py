@@ -23,8 +23,9 @@ class Group:
     def env(self, name: str) -> Environment | None:
         return next((e for e in self.envs if e.name == name), None)
 
-    def holders(self, ticket: Ticket) -> list[Lease]:
-        usable = {e.name for e in self.envs if rules.can_serve(e, ticket)}
+    def holders(self, ticket: Ticket, parts: list[Ticket] | None = None) -> list[Lease]:
+        """The live leases on the environments the ticket (or any of a group's `parts`) could use."""
+        usable = {e.name for e in self.envs for t in parts or [ticket] if rules.can_serve(e, t)}
         return [lease for lease in self.live if lease.environment in usable]
 
 
@@ -40,21 +41,34 @@ class Granted:
 
 
 @dataclass
+class GrantedGroup:
+    """Every part of a request for several environments, granted at once: one lease per part, in the order of
+    the parts, and the group's id and token (which renew and release them all)."""
+
+    group_id: str
+    leases: list[Granted]
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass
 class Queued:
-    """A ticket still waiting: its position, the group it waits in, and how long this request was held."""
+    """A ticket still waiting: its position, the group it waits in, and how long this request was held. For a
+    request of several parts, `ticket` is its first part and `parts` all of them."""
 
     ticket: Ticket
     ticket_id: str = field(repr=False)  # what the requester holds (secret.py): the ticket row's id is only part of it
     position: int
     group: Group
     waited: float = 0.0
+    parts: list[Ticket] = field(default_factory=list)
 
     def compact(self) -> Queued:
         """The same answer without the rest of its group (the other waiters, environments it cannot use):
         what a parked long-poll keeps while it waits, so that thousands of them stay small."""
-        usable = [e for e in self.group.envs if rules.can_serve(e, self.ticket)]
-        group = Group(usable, self.group.holders(self.ticket), [])
-        return Queued(self.ticket, self.ticket_id, self.position, group, self.waited)
+        mine = self.parts or [self.ticket]
+        usable = [e for e in self.group.envs if any(rules.can_serve(e, t) for t in mine)]
+        group = Group(usable, self.group.holders(self.ticket, self.parts), [])
+        return Queued(self.ticket, self.ticket_id, self.position, group, self.waited, self.parts)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from . import rules
 from .errors import CallMeError
 from .model import Environment, Event, Lease
-from .outcomes import EnvironmentView, Granted, Queued
-from .validation import property_variable
+from .outcomes import EnvironmentView, Granted, GrantedGroup, Queued
+from .validation import part_prefixes, property_variable
 
 
 def timestamp(t: float | None) -> str | None:
@@ -36,6 +36,7 @@ def lease_json(lease: Lease, env: Environment | None, *, token: str | None = Non
         "ended_at": timestamp(lease.ended_at),
         "seq": lease.seq,
         "properties": env.properties if env is not None else {},
+        "group": lease.group_id,
     }
     if token is not None:
         body["token"] = token
@@ -53,21 +54,61 @@ def holders_json(holders: list[Lease], envs: list[Environment]) -> list[dict[str
 
 def queued_json(queued: Queued) -> dict[str, Any]:
     ticket = queued.ticket
-    return {
+    body = {
         "ticket": queued.ticket_id,
         "seq": ticket.seq,
         "position": queued.position,
         "environment": ticket.environment,
         "label": ticket.label,
         "waited": queued.waited,
-        "holders": holders_json(queued.group.holders(ticket), queued.group.envs),
+        "holders": holders_json(queued.group.holders(ticket, queued.parts), queued.group.envs),
         # Why a slot that is free may still not be granted: the usable environments in maintenance, with notes.
         "maintenance": [
             {"environment": e.name, "note": e.note}
             for e in queued.group.envs
-            if e.maintenance and rules.can_serve(e, ticket)
+            if e.maintenance and any(rules.can_serve(e, part) for part in (queued.parts or [ticket]))
         ],
     }
+    if queued.parts:
+        # A group: one ticket for all its parts; environment and label are those of its first part.
+        body["group"] = ticket.group_id
+        body["all"] = [_part_json(t.environment, t.label) for t in queued.parts]
+    return body
+
+
+def _part_json(environment: str | None, label: str | None) -> dict[str, str]:
+    return {"environment": environment} if environment is not None else {"label": label or ""}
+
+
+def group_json(group: GrantedGroup, *, with_tokens: bool = False) -> dict[str, Any]:
+    leases = [lease_json(g.lease, g.environment, token=g.token if with_tokens else None) for g in group.leases]
+    if with_tokens:  # the acquirer's 201: how long its request waited, as for one lease
+        for body_of, granted in zip(leases, group.leases, strict=True):
+            body_of["queued_for"] = round(granted.queued_for, 3)
+    body: dict[str, Any] = {"group": group.group_id, "leases": leases}
+    if with_tokens and group.token is not None:
+        body["token"] = group.token
+    return body
+
+
+def group_response(request: Request, group: GrantedGroup) -> Response:
+    assert group.token is not None  # an acquire's grant carries its tokens
+    headers = {"Location": f"/v1/groups/{group.group_id}"}
+    if wants_text(request):
+        pairs: list[tuple[str, object]] = [("CALL_ME_GROUP_ID", group.group_id), ("CALL_ME_GROUP_TOKEN", group.token)]
+        prefixes = part_prefixes([g.lease.environment for g in group.leases])
+        for prefix, granted in zip(prefixes, group.leases, strict=True):
+            lease = granted.lease
+            pairs += [
+                (prefix + "LEASE_ID", lease.id),
+                (prefix + "LEASE_TOKEN", granted.token),
+                (prefix + "ENVIRONMENT", lease.environment),
+                (prefix + "FENCE", lease.fence),
+                (prefix + "EXPIRES_AT", timestamp(lease.expires_at)),
+            ]
+            pairs += [(property_variable(k, prefix), v) for k, v in sorted(granted.environment.properties.items())]
+        return PlainTextResponse(_lines(pairs), status_code=201, headers=headers)
+    return JSONResponse(group_json(group, with_tokens=True), status_code=201, headers=headers)
 
 
 def environment_json(view: EnvironmentView) -> dict[str, Any]:

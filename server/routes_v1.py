@@ -11,7 +11,7 @@ from . import render, validation
 from .constants import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .errors import Invalid
 from .http import body, flag, parts, route
-from .outcomes import Granted
+from .outcomes import Granted, GrantedGroup
 
 
 async def acquire(request: Request) -> Response:
@@ -21,6 +21,8 @@ async def acquire(request: Request) -> Response:
     outcome = await p.service.acquire(principal, req, functools.partial(_hung_up, request))
     if isinstance(outcome, Granted):
         return render.granted_response(request, outcome)
+    if isinstance(outcome, GrantedGroup):
+        return render.group_response(request, outcome)
     return render.queued_response(request, outcome)
 
 
@@ -54,6 +56,33 @@ async def release(request: Request) -> Response:
     principal = p.keyring.require(request.headers, "client")
     force = flag(request, "force")
     await p.service.release(principal, request.path_params["lease"], request.headers.get("x-lease-token"), force=force)
+    return Response(status_code=204)
+
+
+async def get_group(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "read")
+    found = await p.service.group(request.path_params["group"])
+    return JSONResponse(render.group_json(found))
+
+
+async def renew_group(request: Request) -> Response:
+    p = parts(request)
+    p.keyring.require(request.headers, "client")
+    ttl, body_token = validation.renew_ttl(
+        validation.parse_object(await body(request), empty_ok=True), p.settings.max_ttl
+    )
+    token = request.headers.get("x-lease-token") or body_token
+    renewed = await p.service.renew_group(request.path_params["group"], token, ttl)
+    return JSONResponse(render.group_json(renewed))
+
+
+async def release_group(request: Request) -> Response:
+    p = parts(request)
+    principal = p.keyring.require(request.headers, "client")
+    force = flag(request, "force")
+    token = request.headers.get("x-lease-token")
+    await p.service.release_group(principal, request.path_params["group"], token, force=force)
     return Response(status_code=204)
 
 
@@ -119,6 +148,8 @@ routes = [
     route("/v1/leases", POST=acquire),
     route("/v1/leases/{lease}", GET=get_lease, DELETE=release),
     route("/v1/leases/{lease}/renew", POST=renew),
+    route("/v1/groups/{group}", GET=get_group, DELETE=release_group),
+    route("/v1/groups/{group}/renew", POST=renew_group),
     route("/v1/tickets/{ticket}", DELETE=leave),
     route("/v1/environments", GET=list_environments),
     # `path`: a name may hold `/`, which arrives decoded (feature%2Flogin is feature/login), so the rest of the path

@@ -27,9 +27,10 @@ class Floor:
         return deadline
 
 
-def order_key(ticket: Ticket) -> tuple[int, int]:
-    """The one global queue order: higher priority first, then first come, first served."""
-    return (-ticket.priority, ticket.seq)
+def order_key(ticket: Ticket) -> tuple[int, int, int]:
+    """The one global queue order: higher priority first, then first come, first served; the parts of a group
+    stand together at the place of its first part."""
+    return (-ticket.priority, ticket.group_seq if ticket.group_seq is not None else ticket.seq, ticket.seq)
 
 
 def can_serve(env: Environment, ticket: Ticket) -> bool:
@@ -59,36 +60,90 @@ def free_slots(envs: Iterable[Environment], live_counts: Mapping[str, int]) -> d
     return {e.name: max(0, e.slots - live_counts.get(e.name, 0)) for e in envs if not e.maintenance}
 
 
+def requests(waiting: Sequence[Ticket]) -> list[list[Ticket]]:
+    """The waiting tickets as the requests the queue orders, in queue order: a single ticket alone, the parts of
+    a group together. A group's parts have consecutive seqs, so each part stands where the group stands."""
+    by_request: dict[str, list[Ticket]] = {}
+    for ticket in sorted(waiting, key=order_key):
+        by_request.setdefault(ticket.request, []).append(ticket)
+    return list(by_request.values())
+
+
 def schedule(
     envs: Sequence[Environment], live_counts: Mapping[str, int], waiting: Sequence[Ticket]
 ) -> list[tuple[Ticket, str]]:
-    """Grant free slots to waiting tickets in queue order; returns (ticket, environment) pairs in grant order.
+    """Grant free slots to waiting requests in queue order; returns (ticket, environment) pairs in grant order
+    (the parts of a group one after the other).
 
-    Each ticket in order takes a free slot it can use, so no ticket is ever granted while one ahead of it
-    could have used the same slot, and a ticket that cannot use a slot never blocks it. Among several
-    environments a label ticket could take, it takes the one the fewest later tickets could use.
+    Each request in order takes what it can use among the slots left, all of its parts at once or none, each
+    part on an environment of its own; a request that cannot use a slot never blocks it. A request that waits
+    while it is first in the queue of every environment it could use (no waiting request ahead of it could use
+    any of them) holds back, on each of them, a slot per part that could use it: what frees up there waits for
+    it rather than going to a request behind it. It does so only while the environments it could use, out of
+    maintenance, could serve all its parts at once (else it could hold them back for ever). For a single ticket
+    that changes nothing (it waits only when none of its environments has a slot left); a group is thus never
+    starved, and never reserves anything while a request ahead of it still waits for one of its environments.
+    Among several environments a label part could take, it takes the one the fewest later tickets could use.
     """
     free = free_slots(envs, live_counts)
     left = sum(free.values())
     grants: list[tuple[Ticket, str]] = []
     if left == 0:
         return grants  # the common case of a busy group: every slot held, however long its queue
-    ordered = sorted(waiting, key=order_key)
+    ordered = requests(waiting)
     usable = _usable(envs)
-    for i, ticket in enumerate(ordered):
-        options = [e for e in usable(ticket) if free.get(e.name, 0) > 0]
-        if not options:
-            continue
-        if len(options) > 1:
-            later = ordered[i + 1 :]
-            options.sort(key=lambda e: (sum(1 for t in later if can_serve(e, t)), e.name))
-        chosen = options[0].name
-        free[chosen] -= 1
-        grants.append((ticket, chosen))
-        left -= 1
-        if left == 0:
-            break
+    held: dict[str, int] = {}  # slots held back for a group first in line
+    behind: set[str] = set()  # environments with a request still waiting ahead of the current one
+    for i, request in enumerate(ordered):
+        options = [[e for e in usable(part) if free.get(e.name, 0) - held.get(e.name, 0) > 0] for part in request]
+        if all(options):
+            if any(len(o) > 1 for o in options):
+                later = [t for r in ordered[i + 1 :] for t in r]
+                for o in options:
+                    o.sort(key=lambda e: (sum(1 for t in later if can_serve(e, t)), e.name))
+            chosen = _match(options)
+            if chosen is not None:
+                for part, env in zip(request, chosen, strict=True):
+                    free[env] -= 1
+                    grants.append((part, env))
+                left -= len(chosen)
+                if left == 0:
+                    break
+                continue
+        needed = [[e for e in usable(part)] for part in request]
+        names = {e.name for n in needed for e in n}
+        if not names & behind and _match([[e for e in n if not e.maintenance] for n in needed]) is not None:
+            for n in needed:
+                for e in n:
+                    held[e.name] = held.get(e.name, 0) + 1
+        behind |= names
     return grants
+
+
+def servable(envs: Sequence[Environment], parts: Sequence[Ticket]) -> bool:
+    """Whether `envs` could ever serve all of `parts` at once (each on an environment of its own), slots and
+    maintenance aside: a request of several parts that they could not is refused."""
+    usable = _usable(envs)
+    return _match([usable(part) for part in parts]) is not None
+
+
+def _match(options: Sequence[Sequence[Environment]]) -> list[str] | None:
+    """One environment per part, each a different one, taking each part's options in their order (the first
+    such choice in that order); None when there is none."""
+    chosen: list[str] = []
+
+    def place(i: int) -> bool:
+        if i == len(options):
+            return True
+        for env in options[i]:
+            if env.name not in chosen:
+                chosen.append(env.name)
+                if place(i + 1):
+                    return True
+                chosen.pop()
+        return False
+
+    return chosen if place(0) else None
 
 
 def _usable(envs: Sequence[Environment]) -> Callable[[Ticket], Sequence[Environment]]:
@@ -109,33 +164,56 @@ def _usable(envs: Sequence[Environment]) -> Callable[[Ticket], Sequence[Environm
 
 
 def queues(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, list[Ticket]]:
-    """For each environment, the waiting tickets that could use it, in queue order.
+    """For each environment, the waiting requests that could use it, in queue order (each once: a group by the
+    first of its parts that could use it).
 
     One pass over the tickets (a label ticket is listed under each environment carrying its label), so that
     a listing of thousands of environments and waiters costs what it lists, not their product.
     """
     by_env: dict[str, list[Ticket]] = {e.name: [] for e in envs}
     usable = _usable(envs)
+    listed: set[tuple[str, str]] = set()
     for ticket in sorted(waiting, key=order_key):
         for env in usable(ticket):
+            if ticket.group_id is not None:
+                if (env.name, ticket.group_id) in listed:
+                    continue
+                listed.add((env.name, ticket.group_id))
             by_env[env.name].append(ticket)
     return by_env
 
 
 def position(envs: Sequence[Environment], waiting: Sequence[Ticket], ticket: Ticket) -> int:
-    """One ticket's position: 1 + the fewest tickets ahead of it competing for one environment it could use."""
+    """A request's position: for each of its parts, 1 + the fewest requests ahead of it competing for one
+    environment that part could use; a group's is that of its part furthest back."""
     key = order_key(ticket)
-    ahead = [t for t in waiting if order_key(t) < key]
-    counts = [sum(1 for t in ahead if can_serve(e, t)) for e in envs if can_serve(e, ticket)]
-    return 1 + (min(counts) if counts else 0)
+    parts = [t for t in waiting if t.request == ticket.request] or [ticket]
+    ahead = [r for r in requests(waiting) if r[0].request != ticket.request and order_key(r[0]) < key]
+    places = []
+    for part in parts:
+        counts = [sum(1 for r in ahead if any(can_serve(e, t) for t in r)) for e in envs if can_serve(e, part)]
+        places.append(1 + (min(counts) if counts else 0))
+    return max(places)
 
 
 def positions(envs: Sequence[Environment], waiting: Sequence[Ticket]) -> dict[str, int]:
-    """Every waiting ticket's position (as `position` would give it): in each environment's queue, the
-    tickets ahead of one are its rank there; its position is 1 + its lowest rank."""
-    best: dict[str, int] = {}
-    for queue in queues(envs, waiting).values():
-        for rank, ticket in enumerate(queue):
-            if rank < best.get(ticket.id, rank + 1):
-                best[ticket.id] = rank
-    return {ticket.id: 1 + best.get(ticket.id, 0) for ticket in waiting}
+    """Every waiting ticket's position (as `position` would give it): in each environment's queue, the requests
+    ahead of one are its rank there; a part's place is 1 + its lowest rank, a request's that of its part
+    furthest back, and every part of a group shows its group's."""
+    usable = _usable(envs)
+    parts: dict[str, list[Ticket]] = {}
+    for ticket in waiting:
+        parts.setdefault(ticket.request, []).append(ticket)
+    best: dict[str, int] = {}  # ticket id -> its lowest rank
+    for name, queue in queues(envs, waiting).items():
+        for rank, listed in enumerate(queue):
+            # A group is listed once per queue; each of its parts that could use this environment ranks so here.
+            for part in parts[listed.request]:
+                if rank < best.get(part.id, rank + 1) and (part is listed or any(e.name == name for e in usable(part))):
+                    best[part.id] = rank
+    place: dict[str, int] = {}
+    for members in parts.values():
+        worst = max(1 + best.get(t.id, 0) for t in members)
+        for t in members:
+            place[t.id] = worst
+    return place

@@ -101,6 +101,17 @@ class ServerSecret:
             return hmac.compare_digest(given, lease.token.encode())
         return any(hmac.compare_digest(given, self._token(key, lease.id).encode()) for key in self._keys)
 
+    def group_token(self, group_id: str) -> str:
+        """The token of a group of leases (its 201 gives it): derived from the group's id as a lease's from its
+        own (a group id and a lease id never coincide: `g_` and `l_`)."""
+        return self._token(self._keys[0], group_id)
+
+    def group_token_matches(self, group_id: str, presented: str | None) -> bool:
+        if presented is None:
+            return False
+        given = presented.encode("utf-8", "surrogatepass")
+        return any(hmac.compare_digest(given, self._token(key, group_id).encode()) for key in self._keys)
+
     @staticmethod
     def _token(key: bytes, lease_id: str) -> str:
         return "k_" + _b64(hmac.new(key, _TOKEN + lease_id.encode(), hashlib.sha256).digest())

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .clock import Pauses, Seconds, elapsed
 from .model import Delivery, Environment, Event, Principal
-from .outcomes import EnvironmentView, Granted, Queued
+from .outcomes import EnvironmentView, Granted, GrantedGroup, Queued
 from .rules import Floor
 from .secret import ServerSecret
 from .service_admin import Administration
@@ -76,7 +76,7 @@ class Service:
 
     async def acquire(
         self, principal: Principal, req: AcquireRequest, hung_up: HangUp | None = None
-    ) -> Granted | Queued:
+    ) -> Granted | GrantedGroup | Queued:
         """Acquire, or queue and hold the request open up to `wait` (capped at max_wait) for a grant; `hung_up`
         returns when the request's client has gone."""
         return await self._leases.acquire(principal, req, hung_up)
@@ -92,6 +92,20 @@ class Service:
     async def release(self, principal: Principal, lease_id: str, token: str | None, *, force: bool = False) -> None:
         """Release a lease with its token, or revoke it with `force` (admin)."""
         await self._leases.release(principal, lease_id, token, force=force)
+
+    async def group(self, group_id: str) -> GrantedGroup:
+        """A group of leases granted together (without tokens)."""
+        return await self._leases.group(group_id)
+
+    async def renew_group(self, group_id: str, token: str | None, ttl: int | None) -> GrantedGroup:
+        """Extend every lease of a group at once, or none when one has ended."""
+        return await self._leases.renew_group(group_id, token, ttl)
+
+    async def release_group(
+        self, principal: Principal, group_id: str, token: str | None, *, force: bool = False
+    ) -> None:
+        """Release every lease of a group with its token, or revoke them with `force` (admin)."""
+        await self._leases.release_group(principal, group_id, token, force=force)
 
     async def sweep(self) -> None:
         """Expire leases and abandon tickets past their deadlines, and grant what they free."""

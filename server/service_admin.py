@@ -71,14 +71,22 @@ class Administration:
                 )
             for lease in leases:
                 core.end(tx, op, lease, "revoked", principal.name, "environment deleted")
-            for ticket in tickets:
+            # A group that named it can never be served whole: every part of it is dropped with it.
+            groups = {t.group_id for t in tickets if t.group_id is not None}
+            dropped = [t for t in group.waiting if t.environment == name or t.group_id in groups]
+            for ticket in dropped:
                 ticket.state = "left"
                 ticket.ended_at = op.now
                 tx.update_ticket(ticket)
-                core.event(op, "left", name, seq=ticket.seq, holder=ticket.holder, actor=principal.name,
-                           detail="environment deleted")  # fmt: skip
+                detail = "environment deleted" if ticket.environment == name else f"environment {name} deleted"
+                core.event(op, "left", ticket.environment, seq=ticket.seq, holder=ticket.holder, actor=principal.name,
+                           detail=detail)  # fmt: skip
             tx.delete_environment(name)
             core.event(op, "environment_deleted", name, actor=principal.name)
+            others = sorted({t.environment for t in dropped if t.environment not in (None, name)})
+            labels = sorted({t.label for t in dropped if t.label is not None})
+            if others or labels:
+                core.settle(tx, op, others, labels)  # what the dropped groups held back there is free again
 
         await core.run(fn)
 

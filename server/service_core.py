@@ -23,8 +23,8 @@ from . import rules
 from .clock import Pauses, Seconds, elapsed
 from .constants import PAUSE_BEAT, PAUSE_THRESHOLD, WAITED
 from .errors import CallMeError, Unavailable
-from .model import Event, Lease, Ticket
-from .outcomes import Granted, Group, Queued
+from .model import Environment, Event, Lease, Ticket
+from .outcomes import Granted, GrantedGroup, Group, Queued
 from .secret import ServerSecret
 from .settings import Settings
 from .store.base import Store, StoreBroken, StoreError, Tx
@@ -43,7 +43,7 @@ class Op:
     events: list[Event] = field(default_factory=list)
     granted: list[str] = field(default_factory=list)
     # Grants to requests parked on this process, handed to them after the commit: their 201 needs no transaction.
-    handed: dict[str, Granted] = field(default_factory=dict)
+    handed: dict[str, Granted | GrantedGroup] = field(default_factory=dict)
     # Raised after the commit: the operation's changes (such as expiry) stand although it answers an error.
     error: CallMeError | None = None
     # What webhooks may want to hear; written to the outbox with the operation's other changes.
@@ -158,11 +158,14 @@ class Core:
         await self.run(fn)
 
     def uncollect(self, tx: Tx, op: Op, ticket: Ticket) -> None:
-        """The live lease granted to `ticket`, collected, must be collected again within the grace."""
-        lease = tx.lease(ticket.lease_id) if ticket.lease_id is not None else None
-        if lease is not None and lease.live and lease.collect_by is None:
-            lease.collect_by = op.now + self.settings.ticket_grace
-            tx.update_lease(lease)
+        """The live lease granted to `ticket` (every part's, for a group), collected, must be collected again within
+        the grace."""
+        parts = tx.group_tickets(ticket.group_id) if ticket.group_id is not None else [ticket]
+        for part in parts:
+            lease = tx.lease(part.lease_id) if part.lease_id is not None else None
+            if lease is not None and lease.live and lease.collect_by is None:
+                lease.collect_by = op.now + self.settings.ticket_grace
+                tx.update_lease(lease)
 
     def _later(self, work: Coroutine[object, object, None]) -> None:
         """Run `work` after the operation that asked for it has answered; a failure is logged, never raised."""
@@ -212,7 +215,8 @@ class Core:
             op.notices.append(lease_notice(kind, lease, op.now, actor=actor, detail=detail))
 
     def grant(self, tx: Tx, op: Op, ticket: Ticket, env: str, *, collect: bool) -> Lease:
-        """Grant `env` to a waiting ticket; `collect` when its client must come for it (and is woken to)."""
+        """Grant `env` to a waiting ticket; `collect` when its client must come for it (and is woken to, unless it
+        is a part of a group, whose client the caller wakes by its first part)."""
         lease = Lease(
             id="l_" + secrets.token_hex(10),
             environment=env,
@@ -228,6 +232,7 @@ class Core:
             ticket_id=ticket.id,
             seq=ticket.seq,
             collect_by=op.now + self.settings.ticket_grace if collect else None,
+            group_id=ticket.group_id,
         )
         tx.insert_lease(lease)
         ticket.state = "granted"
@@ -238,17 +243,72 @@ class Core:
             op, "acquired", env, lease=lease.id, seq=ticket.seq, fence=lease.fence, holder=lease.holder,
             actor=ticket.key_name, detail=WAITED.format(waited) if waited > 0 else None,
         )  # fmt: skip
-        if collect:
+        if collect and ticket.group_id is None:
             op.granted.append(ticket.id)
         return lease
+
+    def reach(
+        self, tx: Tx, names: Sequence[str], labels: Sequence[str]
+    ) -> tuple[list[Environment], list[str], list[Ticket]]:
+        """The environments a decision about `names` and `labels` covers, every label among them, and the waiting
+        tickets they could serve. A group waiting there joins what each of its parts could use, since it is
+        granted all at once: the walk goes on from its parts until it reaches no new environment or label.
+
+        On a store with row locks (PostgreSQL) the walk is made first on what is committed, locking nothing
+        (`peek_group`), then the whole of it is locked at once (`group`, in name order) and checked again: locking
+        it part by part, as the walk goes, would take locks out of name order, and two decisions could each wait
+        for the other. SQLite holds the whole database anyway, so it walks once."""
+        names, labels = list(names), list(labels)
+        if tx.row_locks:
+            names, labels = self._closure(tx, tx.peek_group, names, labels)
+        while True:
+            envs = tx.group(names, labels)
+            all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
+            waiting = tx.waiting_tickets([e.name for e in envs], all_labels)
+            more_names, more_labels = self._parts_beyond(tx, envs, all_labels, waiting)
+            if not more_names and not more_labels:
+                return envs, all_labels, waiting
+            # Joined since the walk (a group queued meanwhile): walk on from what is locked now.
+            names, labels = self._closure(tx, tx.group, names + more_names, labels + more_labels)
+
+    def _closure(
+        self, tx: Tx, walk: Callable[[list[str], list[str]], list[Environment]], names: list[str], labels: list[str]
+    ) -> tuple[list[str], list[str]]:
+        while True:
+            envs = walk(names, labels)
+            all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
+            waiting = tx.waiting_tickets([e.name for e in envs], all_labels)
+            more_names, more_labels = self._parts_beyond(tx, envs, all_labels, waiting)
+            if not more_names and not more_labels:
+                return names, labels
+            names, labels = names + more_names, labels + more_labels
+
+    @staticmethod
+    def _parts_beyond(
+        tx: Tx, envs: list[Environment], all_labels: list[str], waiting: list[Ticket]
+    ) -> tuple[list[str], list[str]]:
+        """The targets of the parts of groups waiting among `waiting` that lie beyond `envs` and `all_labels`."""
+        env_names = {e.name for e in envs}
+        found = {t.id for t in waiting}
+        more_names: set[str] = set()
+        more_labels: set[str] = set()
+        for group_id in sorted({t.group_id for t in waiting if t.group_id is not None}):
+            for part in tx.group_tickets(group_id):
+                if part.state != "waiting" or part.id in found:
+                    continue
+                if part.environment is not None and part.environment not in env_names:
+                    more_names.add(part.environment)
+                elif part.label is not None and part.label not in all_labels:
+                    more_labels.add(part.label)
+        return sorted(more_names), sorted(more_labels)
 
     def settle(
         self, tx: Tx, op: Op, names: Sequence[str], labels: Sequence[str], *, immediate: str | None = None
     ) -> Group:
-        """Apply expiry and abandonment to the group, then grant every slot that can be granted."""
-        envs = tx.group(names, labels)
+        """Apply expiry and abandonment to the group, then grant every slot that can be granted. `immediate` is
+        the request (a ticket's id, or a group's) answered by this very operation."""
+        envs, _, found = self.reach(tx, names, labels)
         env_names = [e.name for e in envs]
-        all_labels = sorted(set(labels) | {label for e in envs for label in e.labels})
         live: list[Lease] = []
         for lease in tx.live_leases(env_names):
             ending = rules.lease_ending(lease, op.now, self.floor)
@@ -259,43 +319,62 @@ class Core:
             else:
                 live.append(lease)
         waiting: list[Ticket] = []
-        for ticket in tx.waiting_tickets(env_names, all_labels):
-            if rules.abandoned(ticket, op.now, self.floor):
-                ticket.state = "abandoned"
-                ticket.ended_at = op.now
-                tx.update_ticket(ticket)
-                self.event(
-                    op, "abandoned", ticket.environment, seq=ticket.seq, holder=ticket.holder,
-                    detail=f"no poll for {self.settings.ticket_grace:g} s" + target_note(ticket),
-                )  # fmt: skip
+        for request in rules.requests(found):
+            # The parts of a group are seen together (its first part's client polls for all), so they are
+            # abandoned together.
+            if rules.abandoned(request[0], op.now, self.floor):
+                for ticket in request:
+                    ticket.state = "abandoned"
+                    ticket.ended_at = op.now
+                    tx.update_ticket(ticket)
+                    self.event(
+                        op, "abandoned", ticket.environment, seq=ticket.seq, holder=ticket.holder,
+                        detail=f"no poll for {self.settings.ticket_grace:g} s" + target_note(ticket),
+                    )  # fmt: skip
             else:
-                waiting.append(ticket)
+                waiting.extend(request)
         counts = Counter(lease.environment for lease in live)
-        for ticket, env in rules.schedule(envs, counts, waiting):
+        grants = rules.schedule(envs, counts, waiting)
+        by_request: dict[str, list[tuple[Ticket, str]]] = {}
+        for ticket, env in grants:
+            by_request.setdefault(ticket.request, []).append((ticket, env))
+        for request_id, parts in by_request.items():
             # A grant answered by this very request, or handed to a request of its ticket parked on this process
             # (its 201 follows this commit, with no transaction between), is collected by this commit: a 201 must
             # never acknowledge a grant that a crash a moment later would leave to be revoked. Should the parked
             # request not answer with it after all (its client hung up), the grace is set again then
             # (Leasing.acquire, Core.rearm). Any other grant goes to a client between polls, or parked on another
             # replica: it is collected when a request of its ticket comes for it, else revoked after the grace.
-            handed = ticket.id != immediate and self.waiters.parked_here(ticket.id)
-            lease = self.grant(tx, op, ticket, env, collect=ticket.id != immediate and not handed)
-            live.append(lease)
-            if handed:
+            head = parts[0][0]  # the part whose ticket id its client holds (the first, by seq)
+            handed = request_id != immediate and self.waiters.parked_here(head.id)
+            collect = request_id != immediate and not handed
+            granted: list[Granted] = []
+            for ticket, env in parts:
+                lease = self.grant(tx, op, ticket, env, collect=collect)
+                live.append(lease)
+                waiting.remove(ticket)
                 env_of = must(next((e for e in envs if e.name == env), None))
                 queued_for = max(0.0, op.now - ticket.enqueued_at)
-                op.handed[ticket.id] = Granted(lease, env_of, token=self.secret.token(lease), queued_for=queued_for)
-                op.granted.append(ticket.id)
-            waiting.remove(ticket)
+                granted.append(Granted(lease, env_of, token=self.secret.token(lease), queued_for=queued_for))
+            if collect and head.group_id is not None:
+                op.granted.append(head.id)
+            if handed:
+                op.handed[head.id] = (
+                    granted[0]
+                    if head.group_id is None
+                    else GrantedGroup(head.group_id, granted, token=self.secret.group_token(head.group_id))
+                )
+                op.granted.append(head.id)
         return Group(envs, live, waiting)
 
-    def queued(self, group: Group, ticket: Ticket) -> Queued:
-        """The answer for a ticket still waiting in `group`."""
+    def queued(self, group: Group, ticket: Ticket, parts: list[Ticket] | None = None) -> Queued:
+        """The answer for a ticket (the first of a group's `parts`) still waiting in `group`."""
         return Queued(
             ticket=ticket,
             ticket_id=self.secret.ticket_id(ticket),
             position=rules.position(group.envs, group.waiting, ticket),
             group=group,
+            parts=parts or [],
         )
 
 

@@ -15,12 +15,14 @@ from .constants import (
     MAX_METADATA_BYTES,
     MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
+    MAX_PARTS,
     MAX_PRIORITY,
     MAX_PROPERTIES,
     MAX_PROPERTY_VALUE_LENGTH,
     MAX_REQUEST_ID_LENGTH,
     MAX_SLOTS,
     MIN_ALERT_THRESHOLD,
+    MIN_PARTS,
     MIN_PRIORITY,
     NAME_NOT_UTF8,
     NAME_REFUSED,
@@ -45,10 +47,10 @@ def parse_object(raw: bytes, *, empty_ok: bool = False) -> JSONObject:
     return value
 
 
-def reject_unknown(body: JSONObject, allowed: frozenset[str]) -> None:
+def reject_unknown(body: JSONObject, allowed: frozenset[str], *, prefix: str = "") -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise Invalid(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(allowed))}")
+        raise Invalid(prefix + unknown[0], f"unknown field; allowed fields are {', '.join(sorted(allowed))}")
 
 
 def name(field: str, value: Any) -> str:
@@ -117,9 +119,29 @@ def labels(value: Any) -> tuple[str, ...]:
     return tuple(sorted(result))
 
 
-def property_variable(key: str) -> str:
+def property_variable(key: str, prefix: str = "CALL_ME_") -> str:
     """The shell variable a property becomes in text/plain answers (API.md)."""
-    return "CALL_ME_PROPERTY_" + _PROPERTY_NAME.sub("_", key.upper())
+    return prefix + "PROPERTY_" + _PROPERTY_NAME.sub("_", key.upper())
+
+
+def part_prefixes(environments: list[str]) -> list[str]:
+    """The prefix of each part's variables in a group's text/plain answer (API.md): `CALL_ME_<ENVIRONMENT>_`, its
+    name upper-cased with every character other than a letter or digit turned to `_`; a part whose prefix would
+    make a variable of another part's (the same name, or one that starts with the other's and `_`) gets
+    `CALL_ME_PART<n>_` instead, n its place in `all` from 1."""
+    chosen: list[str] = []
+
+    def clashes(candidate: str) -> bool:
+        return any(c.startswith(candidate) or candidate.startswith(c) for c in chosen)
+
+    for n, env in enumerate(environments, 1):
+        candidate = "CALL_ME_" + _PROPERTY_NAME.sub("_", env.upper()) + "_"
+        if clashes(candidate):
+            candidate = f"CALL_ME_PART{n}_"
+            while clashes(candidate):
+                candidate = candidate[:-1] + "X_"
+        chosen.append(candidate)
+    return chosen
 
 
 def properties(value: Any) -> dict[str, str]:
@@ -148,19 +170,56 @@ class AcquireRequest:
     priority: int
     metadata: JSONObject
     request_id: str | None
+    # A request for several environments at once (`all`): one (environment, label) per part, exactly one of the
+    # two set in each; then `environment` and `label` are None.
+    parts: tuple[tuple[str | None, str | None], ...] | None = None
+
+    @property
+    def targets(self) -> list[tuple[str | None, str | None]]:
+        """Every part's (environment, label); a single request's own."""
+        return list(self.parts) if self.parts is not None else [(self.environment, self.label)]
 
 
 _ACQUIRE_FIELDS = frozenset(
-    {"environment", "label", "holder", "ttl", "wait", "queue", "ticket", "priority", "metadata", "request_id"}
+    {"environment", "label", "holder", "ttl", "wait", "queue", "ticket", "priority", "metadata", "request_id", "all"}
 )
+
+
+def parts(value: Any) -> tuple[tuple[str | None, str | None], ...]:
+    """The parts of `all`: 2..8 objects, each with exactly one of environment and label, no environment twice."""
+    if not isinstance(value, list) or not MIN_PARTS <= len(value) <= MAX_PARTS:
+        raise Invalid("all", f"must be a list of {MIN_PARTS} to {MAX_PARTS} parts")
+    found: list[tuple[str | None, str | None]] = []
+    for i, part in enumerate(value):
+        where = f"all[{i}]"
+        if not isinstance(part, dict):
+            raise Invalid(where, 'must be an object: {"environment": "..."} or {"label": "..."}')
+        reject_unknown(part, frozenset({"environment", "label"}), prefix=f"{where}.")
+        env, label = part.get("environment"), part.get("label")
+        if (env is None) == (label is None):
+            raise Invalid(where, "give exactly one of environment and label")
+        if env is not None:
+            env = name(f"{where}.environment", env)
+            if (env, None) in found:
+                raise Invalid(
+                    f"{where}.environment", f'names "{env}" a second time; a group holds each environment once'
+                )
+            found.append((env, None))
+        else:
+            found.append((None, name(f"{where}.label", label)))
+    return tuple(found)
 
 
 def acquire(body: JSONObject, max_ttl: int) -> AcquireRequest:
     reject_unknown(body, _ACQUIRE_FIELDS)
     env = body.get("environment")
     label = body.get("label")
-    if (env is None) == (label is None):
-        raise Invalid("environment", "give exactly one of environment and label")
+    every = body.get("all")
+    if every is not None:
+        if env is not None or label is not None:
+            raise Invalid("all", "give the parts in all, or one environment or label, not both")
+    elif (env is None) == (label is None):
+        raise Invalid("environment", "give exactly one of environment, label and all")
     wait = number("wait", body.get("wait", 0), 0)
     queue = boolean("queue", body.get("queue", True))
     if not queue and wait > 0:
@@ -186,6 +245,7 @@ def acquire(body: JSONObject, max_ttl: int) -> AcquireRequest:
         request_id=(
             text("request_id", request_id, MAX_REQUEST_ID_LENGTH, min_length=1) if request_id is not None else None
         ),
+        parts=parts(every) if every is not None else None,
     )
 
 

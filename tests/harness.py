@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from callme.server.clock import FakeClock
 from callme.server.model import Environment, Event, Lease, Principal, Ticket
-from callme.server.outcomes import Granted, Queued
+from callme.server.outcomes import Granted, GrantedGroup, Queued
 from callme.server.secret import ServerSecret
 from callme.server.service import Service
 from callme.server.settings import Settings
@@ -32,6 +32,7 @@ def request(
     holder: str | None = None,
     request_id: str | None = None,
     metadata: dict[str, Any] | None = None,
+    parts: list[tuple[str | None, str | None]] | None = None,
 ) -> AcquireRequest:
     return AcquireRequest(
         environment=environment,
@@ -44,6 +45,7 @@ def request(
         priority=priority,
         metadata=metadata or {},
         request_id=request_id,
+        parts=tuple(parts) if parts is not None else None,
     )
 
 
@@ -100,7 +102,7 @@ class Harness:
         assert self.store is not None
         return self.run(self.store.transact(fn))
 
-    def acquire(self, req: AcquireRequest, principal: Principal = ADMIN) -> Granted | Queued:
+    def acquire(self, req: AcquireRequest, principal: Principal = ADMIN) -> Granted | GrantedGroup | Queued:
         return self.run(self.svc.acquire(principal, req))
 
     def put(self, name: str, **change: Any) -> Environment:

@@ -18,6 +18,13 @@ What it models, each line a sentence of docs/api.md:
 - After a start-up at S, nothing that existed at S ends before S + grace; the same after a pause the server
   noticed, with S the time it resumed at.
 - Fences strictly increase in the order of grant.
+- A request may name several parts (`all`): it is one place in the order (its parts take consecutive seqs),
+  granted all at once or not at all, each part on an environment of its own. A request that waits while no
+  waiting request ahead of it could use any environment it could use holds back, on each of them, a slot per
+  part that could use it (unless the environments it could use, out of maintenance, could not serve all its
+  parts at once); that slot is then free only for it and the requests ahead of it. The decision covers every
+  environment its parts could use. A request of parts that no environments could ever serve at once (slots and
+  maintenance aside) is refused (422).
 - Decisions are taken per connected set of environments (environments sharing labels, docs/api.md
   "Stores"), at the time of the operation that decides them: an operation first applies every
   ending that is due in its set, then grants what can be granted. A background sweep does the same
@@ -61,6 +68,7 @@ class Lease:
     collect_by: float | None  # set while a grant made between polls waits to be collected
     key: str
     state: str = "active"
+    group: int | None = None
 
     @property
     def live(self) -> bool:
@@ -78,6 +86,7 @@ class Ticket:
     key: str
     state: str = "waiting"  # waiting, granted, left, abandoned
     lease: str | None = None
+    group: int | None = None  # the seq of the first part, for each part of a request of several
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,22 @@ class QueueModel:
                 seen.add(name)
                 mine = set(self.envs[name].labels)
                 todo += [e.name for e in self.envs.values() if mine & set(e.labels)]
+                # A waiting request of several parts joins what each of its parts could use.
+                for t in self.waiting():
+                    if t.group is not None and self.serves(self.envs[name], t):
+                        for p in self.parts(t):
+                            todo += [e.name for e in self.envs.values() if self.serves(e, p)]
         return sorted(seen)
+
+    def parts(self, t: Ticket) -> list[Ticket]:
+        if t.group is None:
+            return [t]
+        return sorted((o for o in self.tickets.values() if o.group == t.group), key=lambda o: o.seq)
+
+    def requests(self) -> list[list[Ticket]]:
+        """The waiting requests in queue order, each as its parts."""
+        heads = [t for t in self.waiting() if t.group is None or t.group == t.seq]
+        return [self.parts(t) for t in heads]
 
     def live_on(self, env: str) -> list[Lease]:
         return [lease for lease in self.leases.values() if lease.live and lease.environment == env]
@@ -172,9 +196,18 @@ class QueueModel:
         return sorted((t for t in self.tickets.values() if t.state == "waiting"), key=self._order)
 
     def position(self, t: Ticket) -> int:
-        ahead = [o for o in self.waiting() if self._order(o) < self._order(t)]
-        counts = [sum(1 for o in ahead if self.serves(e, o)) for e in self.envs.values() if self.serves(e, t)]
-        return 1 + (min(counts) if counts else 0)
+        mine = self.parts(t)
+        head = mine[0]
+        ahead = [r for r in self.requests() if self._order(r[0]) < self._order(head)]
+        places = []
+        for p in mine:
+            counts = [
+                sum(1 for r in ahead if any(self.serves(e, o) for o in r))
+                for e in self.envs.values()
+                if self.serves(e, p)
+            ]
+            places.append(1 + (min(counts) if counts else 0))
+        return max(places)
 
     # -- the one decision ----------------------------------------------------------------------------
 
@@ -196,17 +229,37 @@ class QueueModel:
                 t.state = "abandoned"
                 done.events.append(("abandoned", t.environment, t.seq))
         free = {n: max(0, self.envs[n].slots - len(self.live_on(n))) for n in group if not self.envs[n].maintenance}
-        for t in self.waiting():
-            options = [n for n in group if free.get(n, 0) > 0 and self.serves(self.envs[n], t)]
-            if not options:
+        held: dict[str, int] = {}
+        behind: set[str] = set()
+        for request in self.requests():
+            if not any(r.environment in group or r.label in group_labels for r in request):
                 continue
-            chosen = done.choice(t.seq, options)
-            if chosen is None:
-                raise AssertionError(f"ticket {t.seq} should have been granted one of {options}")
-            if chosen not in options:
-                raise AssertionError(f"ticket {t.seq} was given {chosen}, but the rule allows only {options}")
-            free[chosen] -= 1
-            self._grant(now, t, chosen, done, collect=t.seq != immediate)
+            options = [
+                [n for n in group if free.get(n, 0) - held.get(n, 0) > 0 and self.serves(self.envs[n], p)]
+                for p in request
+            ]
+            possible = _assignments(options)
+            if possible:
+                if done.server.refused:
+                    chosen = possible[0]
+                else:
+                    chosen = [done.choice(p.seq, o) for p, o in zip(request, options, strict=True)]
+                    if None in chosen:
+                        raise AssertionError(f"request {request[0].seq} should have been granted one of {possible}")
+                    if chosen not in possible:
+                        raise AssertionError(f"request {request[0].seq} was given {chosen}, the rule allows {possible}")
+                for p, name in zip(request, chosen, strict=True):
+                    free[name] -= 1  # type: ignore[index]
+                    self._grant(now, p, name, done, collect=request[0].seq != immediate)  # type: ignore[arg-type]
+                continue
+            needed = [[n for n in group if self.serves(self.envs[n], p)] for p in request]
+            names_needed = {n for ns in needed for n in ns}
+            out_of_maintenance = [[n for n in ns if not self.envs[n].maintenance] for ns in needed]
+            if not names_needed & behind and _assignments(out_of_maintenance):
+                for ns in needed:
+                    for n in ns:
+                        held[n] = held.get(n, 0) + 1
+            behind |= names_needed
 
     def _grant(self, now: float, t: Ticket, env: str, done: Happened, *, collect: bool) -> None:
         lease_id, fence = done.named(t.seq, self.last_fence + 1)
@@ -215,6 +268,7 @@ class QueueModel:
         self.leases[lease_id] = Lease(
             id=lease_id, environment=env, seq=t.seq, fence=fence, ttl=t.ttl, acquired_at=now,
             expires_at=now + t.ttl, touched_at=now, collect_by=now + self.grace if collect else None, key=t.key,
+            group=t.group,
         )  # fmt: skip
         t.state = "granted"
         t.lease = lease_id
@@ -256,51 +310,74 @@ class QueueModel:
 
     def acquire(
         self, now: float, seq: int | None, environment: str | None, label: str | None, *, priority: int, ttl: int,
-        queue: bool, key: str, grants: Grants,
+        queue: bool, key: str, grants: Grants, parts: list[tuple[str | None, str | None]] | None = None,
     ) -> tuple[object, Happened]:  # fmt: skip
-        """A new request. `seq` is the one the server gave it (None when the server refused it)."""
+        """A new request, of one target or of several `parts`. `seq` is the one the server gave it (None when the
+        server refused it); the parts of a group take it and the seqs after it."""
+        targets = parts if parts is not None else [(environment, label)]
 
         def fn(done: Happened) -> object:
-            if environment is not None and environment not in self.envs:
-                self.envs[environment] = Env(environment)
-                done.events.append(("environment_changed", environment, None))
-            if label is not None and not any(label in e.labels for e in self.envs.values()):
-                raise Refused("not_found")
+            for env_name, label_name in targets:
+                if env_name is not None and env_name not in self.envs:
+                    self.envs[env_name] = Env(env_name)
+                    done.events.append(("environment_changed", env_name, None))
+                if label_name is not None and not any(label_name in e.labels for e in self.envs.values()):
+                    raise Refused("not_found")
+            if parts is not None:
+                every = [[e.name for e in self.envs.values() if self.serves(e, Ticket(0, n, lb, 0, 0, 0, ""))]
+                         for n, lb in targets]  # fmt: skip
+                if not _assignments(every):
+                    raise Refused("invalid")  # no environments could ever serve every part at once
             number = seq if seq is not None else self.last_seq + 1
             assert number > self.last_seq, f"seq {number} is not above {self.last_seq}"
-            t = Ticket(number, environment, label, priority, ttl, seen_at=now, key=key)
-            self.tickets[number] = t
-            self._settle(now, [environment] if environment else [], [label] if label else [], done, number)
-            if t.state == "granted":
-                self.last_seq = number
+            made = []
+            for i, (env_name, label_name) in enumerate(targets):
+                t = Ticket(number + i, env_name, label_name, priority, ttl, seen_at=now, key=key)
+                t.group = number if parts is not None else None
+                self.tickets[t.seq] = t
+                made.append(t)
+            self._settle(
+                now, [e for e, _ in targets if e], [lb for _, lb in targets if lb], done, number
+            )  # fmt: skip
+            last = number + len(targets) - 1
+            if all(t.state == "granted" for t in made):
+                self.last_seq = last
                 return "granted"
             if not queue:
-                usable = [e for e in self.envs.values() if self.serves(e, t)]
-                raise Refused("maintenance" if usable and all(e.maintenance for e in usable) else "busy")
-            self.last_seq = number
-            done.events.append(("queued", environment, number))
-            return self.position(t)
+                for t in made:
+                    usable = [e for e in self.envs.values() if self.serves(e, t)]
+                    if usable and all(e.maintenance for e in usable):
+                        raise Refused("maintenance")
+                raise Refused("busy")
+            self.last_seq = last
+            for t in made:
+                done.events.append(("queued", t.environment, t.seq))
+            return self.position(made[0])
 
         return self._transaction(grants, fn)
 
     def poll(self, now: float, seq: int, grants: Grants) -> tuple[object, Happened]:
-        """Coming back with a ticket: its lease, or its position."""
+        """Coming back with a ticket: its lease (every lease of a group), or its position."""
 
         def fn(done: Happened) -> object:
-            t = self.tickets[seq]
-            if t.state in ("left", "abandoned"):
+            mine = self.parts(self.tickets[seq])
+            if any(t.state in ("left", "abandoned") for t in mine):
                 raise Refused("ticket_gone")
-            self._settle(now, [t.environment] if t.environment else [], [t.label] if t.label else [], done)
-            if t.state == "abandoned":
+            self._settle(
+                now, [t.environment for t in mine if t.environment], [t.label for t in mine if t.label], done
+            )  # fmt: skip
+            if any(t.state == "abandoned" for t in mine):
                 raise Refused("ticket_gone")
-            if t.state == "granted":
-                lease = self.leases[t.lease]
-                if not lease.live:
+            if all(t.state == "granted" for t in mine):
+                leases = [self.leases[t.lease] for t in mine]  # type: ignore[index]
+                if not all(lease.live for lease in leases):
                     raise Refused("ticket_gone")
-                lease.collect_by = None
+                for lease in leases:
+                    lease.collect_by = None
                 return "granted"
-            t.seen_at = now
-            return self.position(t)
+            for t in mine:
+                t.seen_at = now
+            return self.position(mine[0])
 
         return self._transaction(grants, fn)
 
@@ -332,16 +409,53 @@ class QueueModel:
 
     def leave(self, now: float, seq: int, grants: Grants) -> Happened:
         def fn(done: Happened) -> None:
-            t = self.tickets[seq]
-            if t.state in ("left", "abandoned"):
+            mine = self.parts(self.tickets[seq])
+            if any(t.state in ("left", "abandoned") for t in mine):
                 return
-            if t.state == "granted" and t.lease is not None and self.leases[t.lease].live:
-                self._end(self.leases[t.lease], "released", done)
-            t.state = "left"
-            done.events.append(("left", t.environment, seq))
-            self._settle(now, [t.environment] if t.environment else [], [t.label] if t.label else [], done)
+            for t in mine:
+                if t.state == "granted" and t.lease is not None and self.leases[t.lease].live:
+                    self._end(self.leases[t.lease], "released", done)
+                t.state = "left"
+                done.events.append(("left", t.environment, t.seq))
+            self._settle(
+                now, [t.environment for t in mine if t.environment], [t.label for t in mine if t.label], done
+            )  # fmt: skip
 
         return self._transaction(grants, fn)[1]
+
+    def group_leases(self, group: int) -> list[Lease]:
+        return sorted((lease for lease in self.leases.values() if lease.group == group), key=lambda x: x.seq)
+
+    def renew_group(self, now: float, group: int, ttl: int | None, grants: Grants) -> Happened:
+        """Renew every lease of a group at once: all of them, or none when one has ended (410)."""
+
+        def fn(done: Happened) -> None:
+            mine = self.group_leases(group)
+            self._settle(now, [lease.environment for lease in mine], [], done)
+            if not all(lease.live for lease in mine):
+                raise Refused("lease_gone")
+            for lease in mine:
+                lease.ttl = ttl if ttl is not None else lease.ttl
+                lease.expires_at = now + lease.ttl
+                lease.touched_at = now
+                lease.collect_by = None
+
+        return self._transaction(grants, fn, keep_on=("lease_gone",))[1]
+
+    def release_group(self, now: float, group: int, grants: Grants, *, force: bool = False) -> Happened:
+        """Release every live lease of a group; 410 when one of them had expired or been revoked before."""
+
+        def fn(done: Happened) -> None:
+            mine = self.group_leases(group)
+            ended = [lease for lease in mine if not lease.live or self._ending(now, lease)]
+            for lease in mine:
+                if lease not in ended:
+                    self._end(lease, "revoked" if force else "released", done)
+            self._settle(now, [lease.environment for lease in mine], [], done)
+            if any(lease.state != "released" for lease in ended):
+                raise Refused("lease_gone")
+
+        return self._transaction(grants, fn, keep_on=("lease_gone",))[1]
 
     def maybe_release(self, now: float, name: str, key: str | None, grants: Grants) -> Happened:
         """`DELETE /maybe`: the oldest live lease on `name` taken with `key` (any key for an admin)."""
@@ -365,3 +479,11 @@ class QueueModel:
                 self._settle(now, [], [label], done)
 
         return self._transaction(grants, fn)[1]
+
+
+def _assignments(options: list[list[str]]) -> list[list[str]]:
+    """Every choice of one environment per part from its options, each a different one."""
+    found: list[list[str]] = [[]]
+    for choices in options:
+        found = [[*f, c] for f in found for c in choices if c not in f]
+    return found

@@ -198,7 +198,15 @@ def test_action_yml_runs_the_package_console_scripts() -> None:
     assert runs["post-if"] == "always()"
     for key in ("entrypoint", "post-entrypoint"):
         assert Path(_command(key)[0]).exists(), f"{runs[key]} is not a console script of this package"
-    assert set(ACTION["outputs"]) == {"environment", "lease-id", "fence", "waited", "expires-at", "properties"}
+    assert set(ACTION["outputs"]) == {
+        "environment",
+        "lease-id",
+        "fence",
+        "waited",
+        "expires-at",
+        "properties",
+        "leases",
+    }
     assert ACTION["inputs"]["ttl"]["default"] == "21600"
 
 
@@ -407,7 +415,7 @@ def test_two_jobs_wait_and_are_served_in_order(server: ServerProcess, admin: htt
 @pytest.mark.parametrize(
     ("inputs", "named"),
     [
-        ({}, '"environment" nor "label"'),
+        ({}, '"environment", "label" and "environments"'),
         ({"environment": "uat", "label": "staging"}, '"environment" (uat) and "label" (staging)'),
         ({"environment": "uat", "ttl": "6h"}, 'input "ttl"'),
         ({"environment": "uat", "ttl": "0"}, 'input "ttl"'),

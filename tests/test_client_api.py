@@ -39,7 +39,7 @@ def router() -> Iterator[respx.MockRouter]:
 def test_the_public_api_is_pinned() -> None:
     assert callme.client.__all__ == [
         "APIError", "Busy", "CallMeError", "Client", "ConfigError", "Conflict", "ConnectError",
-        "Environment", "Event", "Forbidden", "Gone", "HeldLease", "Invalid", "Lease", "LeaseGone",
+        "Environment", "Event", "Forbidden", "Gone", "Group", "HeldLease", "Invalid", "Lease", "LeaseGone",
         "LeaseLost", "Maintenance", "NoRoute", "NotFound", "NotGranted", "QueueEntry", "RequestTimeout",
         "StateFileDamaged", "TicketGone", "TooLarge", "TransportError", "Unauthorized", "Unavailable",
         "UnexpectedResponse", "WaitTimeout", "Waiting", "WrongToken",

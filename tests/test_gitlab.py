@@ -429,7 +429,7 @@ def test_missing_settings_fail_with_a_clear_message(project: MakeProject) -> Non
     app.write(include_local("deploy:\n  extends: .call-me\n  script:\n    - echo never runs\n"))
     pipeline = app.run(variables={"CALL_ME_CLIENT": "curl"})
     assert pipeline.returncode != 0
-    assert "neither CALL_ME_ENVIRONMENT nor CALL_ME_LABEL is set" in pipeline.output
+    assert "none of CALL_ME_ENVIRONMENT, CALL_ME_LABEL and CALL_ME_ENVIRONMENTS is set" in pipeline.output
     assert "> never runs" not in pipeline.output
     assert "no lease to release" in pipeline.output
 
@@ -439,7 +439,7 @@ def test_template_declares_only_hidden_jobs() -> None:
     include = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())
     assert list(include) == [".call-me"]
     spec, jobs = yaml.safe_load_all((ROOT / "templates" / "call-me.yml").read_text())
-    assert set(spec["spec"]["inputs"]) == {"environment", "label", "ttl", "timeout", "holder", "client"}
+    assert set(spec["spec"]["inputs"]) == {"environment", "label", "environments", "ttl", "timeout", "holder", "client"}
     assert list(jobs) == [".call-me"]
     script = (ROOT / "gitlab-template" / "call-me.sh").read_text()
     for job in (include[".call-me"], jobs[".call-me"]):
@@ -696,3 +696,65 @@ def test_curl_job_killed_while_its_first_post_is_answered_gives_back_what_it_mad
     kinds = [e["kind"] for e in history(server) if e["kind"] != "environment_changed"]
     expected = ["acquired", "released"] if held is None else ["acquired", "queued", "left"]
     assert kinds == expected, kinds
+
+
+def test_environments_are_held_at_once_on_both_paths(project: MakeProject, server: ServerProcess) -> None:
+    # Several environments in one grant (issue 14): the curl path and the CLI path each hold both, one job after
+    # the other (they need the same two), export one set of variables per environment, and release them all.
+    put_environment(server, "uat", properties={"url": "https://uat.example.com"})
+    put_environment(server, "payments-sandbox", properties={"url": "https://pay.example.com"})
+    show = (
+        """'echo "seen: uat=$CALL_ME_UAT_PROPERTY_URL pay=$CALL_ME_PAYMENTS_SANDBOX_PROPERTY_URL"""
+        """ fence=$CALL_ME_UAT_FENCE group=${CALL_ME_GROUP_ID%%_*}"""
+        """ token=${CALL_ME_UAT_LEASE_TOKEN:-${CALL_ME_GROUP_TOKEN:-${CALL_ME_LEASE_TOKEN:-none}}}"'"""
+    )
+    app = project("app")
+    app.write(
+        include_local(
+            "".join(
+                f"by-{client}:\n"
+                "  extends: .call-me\n"
+                "  variables:\n"
+                '    CALL_ME_ENVIRONMENTS: "uat, payments-sandbox"\n'
+                f"    CALL_ME_CLIENT: {client}\n"
+                "  script:\n"
+                f"    - {show}\n"
+                for client in ("curl", "cli")
+            )
+        )
+    )
+    pipeline = app.run()
+    assert pipeline.returncode == 0, pipeline.output
+    for job in ("by-curl", "by-cli"):
+        seen = re.compile(
+            r"seen: uat=https://uat\.example\.com pay=https://pay\.example\.com fence=\d+ group=g token=none"
+        )
+        assert [line for line in job_output(pipeline, job) if seen.fullmatch(line)], pipeline.output
+        assert any(
+            line.startswith("call-me: released uat, payments-sandbox (group g_") for line in job_output(pipeline, job)
+        )
+    assert_secret_free(pipeline, "by-curl", "by-cli")
+    events = assert_balanced(server, acquired=4)
+    assert sorted(e["environment"] for e in events if e["kind"] == "acquired") == [
+        "payments-sandbox",
+        "payments-sandbox",
+        "uat",
+        "uat",
+    ]
+
+
+def test_component_input_environments_holds_them_at_once(project: MakeProject, server: ServerProcess) -> None:
+    put_environment(server, "uat", properties={"url": "https://uat.example.com"})
+    put_environment(server, "payments-sandbox", properties={"url": "https://pay.example.com"})
+    app = project("app", component=True)
+    show = """'echo "seen: pay=$CALL_ME_PAYMENTS_SANDBOX_PROPERTY_URL token=${CALL_ME_GROUP_TOKEN:-none}"'"""
+    app.write(
+        f"include:\n  - component: {app.component_ref}\n    inputs:\n      environments: uat, payments-sandbox\n\n"
+        f"deploy:\n  extends: .call-me\n  script:\n    - {show}\n"
+    )
+    pipeline = app.run()
+    assert pipeline.returncode == 0, pipeline.output
+    assert "seen: pay=https://pay.example.com token=none" in pipeline.output
+    assert_secret_free(pipeline, "deploy")
+    events = assert_balanced(server, acquired=2)
+    assert sorted(e["environment"] for e in events if e["kind"] == "acquired") == ["payments-sandbox", "uat"]

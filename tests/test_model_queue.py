@@ -1,24 +1,28 @@
 """Property-based: the real Service on a real store, and the reference model of docs/api.md, side by side.
 
-Hypothesis drives random steps (acquire, crowds, polls, renewals, releases, leaving, /maybe, clock steps,
-sweeps, slot and maintenance changes, restarts, pauses of the whole process) against both and compares
+Hypothesis drives random steps (acquire, groups of several environments at once, crowds, polls, renewals,
+releases, leaving, /maybe, clock steps, sweeps, slot and maintenance changes, restarts, pauses of the whole
+process, and draining: everything released until nobody waits) against both and compares
 after every step: each answer (lease, position or error code), every audit event the step caused (grants,
 including grants at once, expiries, revocations, abandonments), who holds what with which deadlines, who
-waits, every position, and that fences grow. The model (tests/refmodel.py) is written from the contract
-alone, so the server's own rules are never the oracle.
+waits, every position, and that fences grow. Beside the model, the invariants of groups are checked on the
+server's own state: no group holds part of what it asked for while it waits (no partial hold), no environment
+gets a grant beyond its slots and no ticket two (no double grant), fences strictly increase per environment,
+and releasing everything lets every waiting request through (no deadlock). The model (tests/refmodel.py) is
+written from the contract alone, so the server's own rules are never the oracle.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from callme.server.constants import PAUSE_THRESHOLD
 from callme.server.errors import CallMeError
 from callme.server.model import Event, Principal
-from callme.server.outcomes import Granted, Queued
+from callme.server.outcomes import Granted, GrantedGroup, Queued
 from callme.server.store.postgres import PostgresStore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -61,6 +65,10 @@ class ModelledLockServer(RuleBasedStateMachine):
         self.seen_event = 0
         self.secrets: dict[int, str] = {}  # seq -> ticket id, as the 202 gave it
         self.tokens: dict[str, str] = {}  # lease id -> token, as the 201 gave it
+        self.parts: dict[int, list[tuple[str | None, str | None]]] = {}  # first seq of a group -> its parts
+        self.group_ids: dict[int, str] = {}  # first seq of a group -> its id, as the server gave it
+        self.group_tokens: dict[str, str] = {}  # group id -> token, as the 201 gave it
+        self.last_fence: dict[str, int] = defaultdict(int)  # environment -> the fence of its latest grant
 
     def _harness(self) -> Harness:
         return Harness(Path(self.dir.name) / "db.sqlite", grace=GRACE)
@@ -103,19 +111,46 @@ class ModelledLockServer(RuleBasedStateMachine):
         )
         fences = [e.fence for e in events if e.kind == "acquired"]
         assert fences == sorted(set(fences)), f"fences do not grow in the order of grant: {fences}"
+        for e in events:
+            if e.kind == "acquired":
+                assert e.environment is not None
+                assert e.fence is not None
+                assert e.fence > self.last_fence[e.environment], ("fence per environment", e, self.last_fence)
+                self.last_fence[e.environment] = e.fence
+        self._no_double_grant({e.environment for e in events if e.kind == "acquired"})
         if isinstance(expected, Refused):
             assert isinstance(answer, CallMeError), f"server answered {answer!r}, model refused with {expected.code}"
             assert answer.code == expected.code, (answer.code, expected.code)
         elif isinstance(answer, CallMeError):
             raise AssertionError(f"server refused with {answer.code} ({answer}), model answered {expected!r}")
         elif expected == "granted":
-            assert isinstance(answer, Granted), f"model granted, server answered {answer!r}"
-            self.tokens[answer.lease.id] = answer.token
+            assert isinstance(answer, (Granted, GrantedGroup)), f"model granted, server answered {answer!r}"
+            if isinstance(answer, GrantedGroup):
+                assert answer.token is not None
+                self.group_tokens[answer.group_id] = answer.token
+                self.group_ids[answer.leases[0].lease.seq or 0] = answer.group_id
+                for granted in answer.leases:
+                    self.tokens[granted.lease.id] = granted.token  # type: ignore[assignment]
+            else:
+                self.tokens[answer.lease.id] = answer.token  # type: ignore[assignment]
         elif isinstance(expected, int):
             assert isinstance(answer, Queued), f"model queued at {expected}, server answered {answer!r}"
             assert answer.position == expected, ("position", answer.position, expected)
             self.secrets[answer.ticket.seq] = answer.ticket_id
+            if answer.ticket.group_id is not None:
+                self.group_ids[answer.ticket.seq] = answer.ticket.group_id
         return answer, expected
+
+    def _no_double_grant(self, granted_on: set[str | None]) -> None:
+        """Right after a grant on an environment, it holds no more live leases than slots; no ticket holds two."""
+        live = self.h.live_leases()
+        slots = {e.name: e.slots for e in self.h.environments()}
+        counts = Counter(lease.environment for lease in live)
+        for name in granted_on:
+            assert name is not None
+            assert counts[name] <= slots[name], ("double grant", name, counts[name], slots[name])
+        tickets = Counter(lease.ticket_id for lease in live)
+        assert all(n == 1 for n in tickets.values()), ("a ticket holds two leases", tickets)
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -149,23 +184,47 @@ class ModelledLockServer(RuleBasedStateMachine):
         goals = sorted({(t.environment, t.label) for t in self.model.waiting()}, key=str)
         self._acquire(data.draw(st.sampled_from(goals)), priority, ttl, queue, "client")
 
-    def _acquire(self, goal: tuple[str | None, str | None], priority: int, ttl: int, queue: bool, key: str) -> None:
+    @rule(
+        elapsed=ELAPSED,
+        goals=st.lists(st.sampled_from(TARGETS), min_size=2, max_size=3).filter(
+            lambda goals: len({g[0] for g in goals if g[0]}) == sum(1 for g in goals if g[0])
+        ),
+        priority=st.sampled_from([0, 0, 1, -1]),
+        ttl=TTLS,
+        queue=st.booleans(),
+        key=st.sampled_from(sorted(KEYS)),
+    )
+    def acquire_group(
+        self, goals: list[tuple[str | None, str | None]], priority: int, ttl: int, queue: bool, key: str,
+        elapsed: float,
+    ) -> None:  # fmt: skip
+        """Several environments at once (`all`): granted all together or not at all."""
+        self.h.clock.advance(elapsed)
+        self._acquire((None, None), priority, ttl, queue, key, parts=goals)
+
+    def _acquire(
+        self, goal: tuple[str | None, str | None], priority: int, ttl: int, queue: bool, key: str,
+        parts: list[tuple[str | None, str | None]] | None = None,
+    ) -> None:  # fmt: skip
         env, label = goal
         principal = KEYS[key]
         answer: list[object] = []
 
         def server() -> object:
-            answer.append(self.h.acquire(request(env, label, ttl=ttl, priority=priority, queue=queue), principal))
+            req = request(env, label, ttl=ttl, priority=priority, queue=queue, parts=parts)
+            answer.append(self.h.acquire(req, principal))
             return answer[0]
 
         def model(grants: object) -> tuple[object, Happened]:
             seq = _seq(answer[0]) if answer else None
             return self.model.acquire(
                 self.now, seq, env, label, priority=priority, ttl=ttl, queue=queue, key=principal.name,
-                grants=grants,  # type: ignore[arg-type]
+                grants=grants, parts=parts,  # type: ignore[arg-type]
             )  # fmt: skip
 
         self._step(server, model)
+        if parts is not None and answer and not isinstance(answer[0], CallMeError):
+            self.parts[_seq(answer[0]) or 0] = parts
 
     @rule(
         elapsed=ELAPSED,
@@ -184,16 +243,25 @@ class ModelledLockServer(RuleBasedStateMachine):
         self.h.clock.advance(elapsed)
         seq = data.draw(st.sampled_from(sorted(self.secrets)))
         t = self.model.tickets[seq]
-        again = request(t.environment, t.label, priority=t.priority, ticket=self.secrets[seq])
+        if seq in self.parts:
+            again = request(priority=t.priority, ticket=self.secrets[seq], parts=self.parts[seq])
+        else:
+            again = request(t.environment, t.label, priority=t.priority, ticket=self.secrets[seq])
         answer, expected = self._step(
             lambda: self.h.acquire(again), lambda grants: self.model.poll(self.now, seq, grants)
         )
         if expected == "granted":
             # Coming back with a granted ticket returns the same lease and token, as often as asked.
             repeat = self.h.acquire(again)
-            assert isinstance(answer, Granted)
-            assert isinstance(repeat, Granted)
-            assert (repeat.lease.id, repeat.token) == (answer.lease.id, answer.token)
+            assert isinstance(answer, (Granted, GrantedGroup))
+            assert type(repeat) is type(answer)
+            if isinstance(answer, GrantedGroup):
+                assert isinstance(repeat, GrantedGroup)
+                assert (repeat.group_id, repeat.token) == (answer.group_id, answer.token)
+                assert [(g.lease.id, g.token) for g in repeat.leases] == [(g.lease.id, g.token) for g in answer.leases]
+            else:
+                assert isinstance(repeat, Granted)
+                assert (repeat.lease.id, repeat.token) == (answer.lease.id, answer.token)
             assert self._events() == []
 
     @precondition(lambda self: self.model.leases)
@@ -217,6 +285,58 @@ class ModelledLockServer(RuleBasedStateMachine):
             lambda: self.h.run(self.h.svc.release(ADMIN, lease_id, token, force=force)),
             lambda grants: (None, self.model.release(self.now, lease_id, grants, force=force)),
         )
+
+    @precondition(lambda self: self.group_ids)
+    @rule(elapsed=ELAPSED, data=st.data(), ttl=st.none() | st.integers(1, 30))
+    def renew_group(self, data: st.DataObject, ttl: int | None, elapsed: float) -> None:
+        """Every lease of a group renewed by the group's id and token: all of them, or none (410)."""
+        self.h.clock.advance(elapsed)
+        seq = data.draw(st.sampled_from(sorted(self.group_ids)))
+        if not self.model.group_leases(seq):
+            return  # not granted yet: the server knows no such group of leases (404), nor does the model
+        group_id = self.group_ids[seq]
+        token = self.h.secret.group_token(group_id)
+        self._step(
+            lambda: self.h.run(self.h.svc.renew_group(group_id, token, ttl)),
+            lambda grants: (None, self.model.renew_group(self.now, seq, ttl, grants)),
+        )
+
+    @precondition(lambda self: self.group_ids)
+    @rule(elapsed=ELAPSED, data=st.data(), force=st.sampled_from([False, False, True]))
+    def release_group(self, data: st.DataObject, force: bool, elapsed: float) -> None:
+        """Every live lease of a group released at once by the group's id and token."""
+        self.h.clock.advance(elapsed)
+        seq = data.draw(st.sampled_from(sorted(self.group_ids)))
+        if not self.model.group_leases(seq):
+            return
+        group_id = self.group_ids[seq]
+        token = None if force else self.h.secret.group_token(group_id)
+        self._step(
+            lambda: self.h.run(self.h.svc.release_group(ADMIN, group_id, token, force=force)),
+            lambda grants: (None, self.model.release_group(self.now, seq, grants, force=force)),
+        )
+
+    @rule()
+    def drain(self) -> None:
+        """No deadlock: with maintenance lifted and every live lease released, round after round, every waiting
+        request is granted (or abandoned) in the end; a round that leaves someone waiting and grants nothing fails."""
+        for name, env in sorted(self.model.envs.items()):
+            if env.maintenance:
+                self.change(name, None, False)
+        for _ in range(len(self.model.waiting()) + 2):
+            live = [lease.id for lease in self.model.leases.values() if lease.live]
+            waiting_before = {t.seq for t in self.model.waiting()}
+            for lease_id in live:
+                token = self.tokens.get(lease_id) or self._token(lease_id)
+                self._step(
+                    lambda lease_id=lease_id, token=token: self.h.run(self.h.svc.release(ADMIN, lease_id, token)),
+                    lambda grants, lease_id=lease_id: (None, self.model.release(self.now, lease_id, grants)),
+                )
+            waiting_after = {t.seq for t in self.h.waiting()}
+            if not waiting_after:
+                return
+            assert waiting_after < waiting_before, ("deadlock: nothing granted", sorted(waiting_after))
+        raise AssertionError(f"still waiting after every round: {sorted(t.seq for t in self.h.waiting())}")
 
     def _token(self, lease_id: str) -> str:
         """A grant its client never collected: the holder's token, derived as the client would get it."""
@@ -326,7 +446,12 @@ class ModelledLockServer(RuleBasedStateMachine):
             assert (t_collect is None) == (collect_by is None), ("collect_by", lease_id, t_collect, collect_by)
             if collect_by is not None and t_collect is not None:
                 assert abs(t_collect - collect_by) < TOLERANCE, ("collect_by", lease_id, t_collect, collect_by)
-        waiting = {t.seq: t.seen_at for t in self.h.waiting()}
+        # No partial hold: a group that waits holds none of what it asked for.
+        server_waiting = self.h.waiting()
+        waiting_groups = {t.group_id for t in server_waiting if t.group_id is not None}
+        partial = [lease.id for lease in self.h.live_leases() if lease.group_id in waiting_groups]
+        assert not partial, ("a waiting group holds part of what it asked for", partial)
+        waiting = {t.seq: t.seen_at for t in server_waiting}
         expected = {t.seq: t.seen_at for t in self.model.waiting()}
         assert waiting.keys() == expected.keys(), ("waiting", sorted(waiting), sorted(expected))
         for seq, seen_at in expected.items():
@@ -334,11 +459,12 @@ class ModelledLockServer(RuleBasedStateMachine):
         views = self.h.run(self.h.svc.environments())
         shown = {(v.env.name, t.seq, place) for v in views for t, place in v.queue}
         model_envs = self.model.envs
+        # A group is listed once in each queue, by the first of its parts that environment could serve.
         should = {
-            (name, t.seq, self.model.position(t))
+            (name, next(p for p in r if self.model.serves(env, p)).seq, self.model.position(r[0]))
             for name, env in model_envs.items()
-            for t in self.model.waiting()
-            if self.model.serves(env, t)
+            for r in self.model.requests()
+            if any(self.model.serves(env, p) for p in r)
         }
         assert shown == should, ("queue positions", sorted(shown - should), sorted(should - shown))
         for view in views:
@@ -362,6 +488,8 @@ def _said(event: Event) -> tuple[str, str | None, object]:
 def _seq(answer: object) -> int | None:
     if isinstance(answer, Granted):
         return answer.lease.seq
+    if isinstance(answer, GrantedGroup):
+        return answer.leases[0].lease.seq
     if isinstance(answer, Queued):
         return answer.ticket.seq
     return None

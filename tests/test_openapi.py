@@ -272,6 +272,22 @@ def test_the_v1_routes_answer_as_documented(server: ServerProcess, clients: Any)
     check(admin.get("/v1/webhooks/oa-none/deliveries"), "/v1/webhooks/{name}/deliveries", 404)
     check(admin.delete("/v1/webhooks/oa-hook"), "/v1/webhooks/{name}", 204)
     check(admin.delete("/v1/webhooks/oa-hook"), "/v1/webhooks/{name}", 404)
+    # groups: several environments at once, granted together, renewed and released by the group's id
+    parts = [{"environment": "oa-g1"}, {"environment": "oa-g2"}]
+    granted = check(client.post("/v1/leases", json={"all": parts}), "/v1/leases", 201)
+    group, group_token = granted["group"], granted["token"]
+    assert [lease["environment"] for lease in granted["leases"]] == ["oa-g1", "oa-g2"]
+    waiting = check(client.post("/v1/leases", json={"all": parts[::-1]}), "/v1/leases", 202)
+    assert waiting["all"] == parts[::-1]
+    check(read.get(f"/v1/groups/{group}"), "/v1/groups/{group}", 200)
+    check(read.get("/v1/groups/g_unknown"), "/v1/groups/{group}", 404)
+    renew_group = "/v1/groups/{group}/renew"
+    check(client.post(f"/v1/groups/{group}/renew", headers={token_header: group_token}), renew_group, 200)
+    check(client.post(f"/v1/groups/{group}/renew", headers={token_header: "x"}), renew_group, 403)
+    check(client.delete(f"/v1/groups/{group}", headers={token_header: group_token}), "/v1/groups/{group}", 204)
+    check(client.post(f"/v1/groups/{group}/renew", headers={token_header: group_token}), renew_group, 410)
+    check(client.post("/v1/leases", json={"all": parts[:1]}), "/v1/leases", 422)
+    check(client.delete(f"/v1/tickets/{waiting['ticket']}"), "/v1/tickets/{ticket}", 204)
 
     assert check.missing("/v1/") == set()
 

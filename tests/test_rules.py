@@ -78,3 +78,64 @@ def test_label_ticket_weighs_only_the_tickets_behind_it() -> None:
     envs = [Environment("s1", labels=("staging",)), Environment("s2", slots=2, labels=("staging",))]
     grants = rules.schedule(envs, {}, [ticket(1, "s2"), ticket(2, label="staging"), ticket(3, "s1")])
     assert [(t.id, env) for t, env in grants] == [("t1", "s2"), ("t2", "s2"), ("t3", "s1")]
+
+
+def part(seq: int, group: str, environment: str | None = None, label: str | None = None) -> Ticket:
+    t = ticket(seq, environment, label)
+    t.group_id = group
+    return t
+
+
+def granted(grants: list[tuple[Ticket, str]]) -> list[tuple[str, str]]:
+    return [(t.id, env) for t, env in grants]
+
+
+def test_a_group_is_granted_all_its_parts_at_once_or_nothing() -> None:
+    envs = [Environment("uat"), Environment("sbx")]
+    group = [part(1, "g", "uat"), part(2, "g", "sbx")]
+    assert granted(rules.schedule(envs, {}, group)) == [("t1", "uat"), ("t2", "sbx")]
+    # One part cannot be served: the other is not granted alone.
+    assert granted(rules.schedule(envs, {"sbx": 1}, group)) == []
+
+
+def test_a_group_first_in_every_queue_it_needs_holds_back_what_frees_up() -> None:
+    envs = [Environment("uat"), Environment("sbx")]
+    waiting = [part(1, "g", "uat"), part(2, "g", "sbx"), ticket(3, "uat")]
+    # Nothing ahead of the group: uat is kept for it, not given to the single behind it.
+    assert granted(rules.schedule(envs, {"sbx": 1}, waiting)) == []
+
+
+def test_a_group_not_yet_first_everywhere_blocks_no_single_behind_it() -> None:
+    envs = [Environment("uat"), Environment("sbx")]
+    waiting = [ticket(1, "sbx"), part(2, "g", "uat"), part(3, "g", "sbx"), ticket(4, "uat")]
+    # t1 waits for sbx ahead of the group: the group reserves nothing yet, so uat goes to t4.
+    assert granted(rules.schedule(envs, {"sbx": 1}, waiting)) == [("t4", "uat")]
+
+
+def test_crossing_groups_do_not_deadlock_the_first_takes_both() -> None:
+    envs = [Environment("uat"), Environment("sbx")]
+    waiting = [part(1, "a", "uat"), part(2, "a", "sbx"), part(3, "b", "sbx"), part(4, "b", "uat")]
+    assert granted(rules.schedule(envs, {}, waiting)) == [("t1", "uat"), ("t2", "sbx")]
+
+
+def test_label_parts_land_on_different_environments() -> None:
+    envs = [Environment("s1", labels=("db",)), Environment("s2", labels=("db",)), Environment("uat", labels=("db",))]
+    two = [part(1, "g", label="db"), part(2, "g", "s1")]
+    # The label part avoids s1, which the other part names.
+    assert granted(rules.schedule(envs, {"s2": 1}, two)) == [("t1", "uat"), ("t2", "s1")]
+    both = [part(1, "g", label="db"), part(2, "g", label="db")]
+    assert granted(rules.schedule(envs, {"s2": 1, "uat": 1}, both)) == []
+
+
+def test_a_group_in_maintenance_holds_nothing_back() -> None:
+    envs = [Environment("uat"), Environment("sbx", maintenance=True)]
+    waiting = [part(1, "g", "uat"), part(2, "g", "sbx"), ticket(3, "uat")]
+    assert granted(rules.schedule(envs, {}, waiting)) == [("t3", "uat")]
+
+
+def test_a_groups_position_is_that_of_its_part_furthest_back() -> None:
+    envs = [Environment("uat"), Environment("sbx")]
+    waiting = [ticket(1, "sbx"), ticket(2, "sbx"), part(3, "g", "uat"), part(4, "g", "sbx"), ticket(5, "uat")]
+    assert rules.position(envs, waiting, waiting[2]) == 3
+    assert rules.positions(envs, waiting) == {"t1": 1, "t2": 2, "t3": 3, "t4": 3, "t5": 2}
+    assert rules.position(envs, waiting, waiting[4]) == 2

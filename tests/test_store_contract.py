@@ -179,6 +179,33 @@ def test_overdue_leases_and_tickets_follow_their_environments_thresholds_and_are
     assert leases(1000.0) == []  # only live leases
 
 
+def test_the_parts_of_a_group_and_its_leases_are_found_by_the_groups_id(opened: Opened) -> None:
+    parts = [
+        ticket("t-2", 2, "uat", group_id="g_1", group_seq=2),
+        ticket("t-4", 4, None, "db", group_id="g_1", group_seq=2),  # not consecutive: seq 3 went to someone else
+    ]
+
+    def fill(tx: Tx) -> None:
+        tx.save_environment(env("uat"))
+        tx.save_environment(env("db-1", "db"))
+        tx.insert_ticket(ticket("t-3", 3, "uat"))
+        for part in parts[::-1]:
+            tx.insert_ticket(part)
+        for n, (part, name) in enumerate(zip(parts, ("uat", "db-1"), strict=True), 1):
+            tx.insert_lease(replace(lease(f"l-{n}", name, n), ticket_id=part.id, seq=part.seq, group_id="g_1"))
+
+    opened.tx(fill)
+    opened.reopen()
+    assert opened.tx(lambda tx: tx.group_tickets("g_1")) == parts
+    assert [x.id for x in opened.tx(lambda tx: tx.group_leases("g_1"))] == ["l-1", "l-2"]
+    assert {x.group_id for x in opened.tx(lambda tx: tx.group_leases("g_1"))} == {"g_1"}
+    assert opened.tx(lambda tx: (tx.group_tickets("g_other"), tx.group_leases("g_other"))) == ([], [])
+    waiting = opened.tx(lambda tx: tx.waiting_tickets(["uat"], ["db"]))
+    assert [(t.seq, t.group_seq) for t in waiting] == [(2, 2), (3, None), (4, 2)]
+    # What a decision will lock, seen without locking it: the same environments as the group itself.
+    assert opened.tx(lambda tx: tx.peek_group(["uat"], ["db"])) == opened.tx(lambda tx: tx.group(["uat"], ["db"]))
+
+
 def label_rows(store: Store) -> list[tuple[str, str]]:
     """The rows of the labels table, (environment, label), sorted: read beside the store, not through it."""
     sql = "SELECT environment, label FROM environment_labels ORDER BY environment, label"

@@ -107,6 +107,16 @@ ALTER TABLE environments ADD COLUMN waiting_too_long {real};
 # deliveries apart by it, and an attempt still in flight for a deleted one must not meet a new one by its id.
 _WEBHOOKS_SQLITE = _WEBHOOKS.format(flag="INTEGER", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT")
 _WEBHOOKS_POSTGRES = _WEBHOOKS.format(flag="BOOLEAN", real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY")
+# Version 7 (groups, docs/api.md "The queue"): a request of several parts has one ticket row per part, each
+# carrying the group's id and the seq of its first part (the group's place in the order); the leases granted to
+# them carry the group's id, so that the group is renewed and released by it. Rows from before have neither.
+_GROUPS = """
+ALTER TABLE tickets ADD COLUMN group_id TEXT;
+ALTER TABLE tickets ADD COLUMN group_seq {integer};
+ALTER TABLE leases ADD COLUMN group_id TEXT;
+CREATE INDEX tickets_group ON tickets (group_id) WHERE group_id IS NOT NULL;
+CREATE INDEX leases_group ON leases (group_id) WHERE group_id IS NOT NULL;
+"""
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -208,6 +218,11 @@ MIGRATIONS: list[Migration] = [
         what="webhooks: the hooks, the outbox and log of their deliveries, and the once-only alerts' marks",
         sqlite=_WEBHOOKS_SQLITE,
         postgres=_WEBHOOKS_POSTGRES,
+    ),
+    Migration(
+        what="groups: the parts of a request for several environments at once, and the leases granted to them",
+        sqlite=_GROUPS.format(integer="INTEGER"),
+        postgres=_GROUPS.format(integer="BIGINT"),
     ),
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

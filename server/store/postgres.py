@@ -226,6 +226,8 @@ class PostgresTx:
         ORDER BY seq
     """
 
+    row_locks = True
+
     def __init__(self, conn: Connection, now: float, *, read_only: bool = False) -> None:
         self._conn = conn
         self._now = now
@@ -303,6 +305,10 @@ class PostgresTx:
                 self._groups[key] = found
                 return [self._seen_env(env) for env in envs]
         raise _Conflict("the group of environments kept changing while it was being locked")
+
+    def peek_group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        params = {"names": sorted(set(names)), "labels": sorted(set(labels))}
+        return [env_from(r) for r in self._all(self._GROUP_SEEN, params)]
 
     def save_environment(self, env: Environment) -> None:
         base = self._envs.get(env.name, _UNSEEN)
@@ -399,7 +405,7 @@ class PostgresTx:
 
     def insert_lease(self, lease: Lease) -> None:
         self._conn.execute(
-            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
+            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({','.join(['%s'] * 17)})",
             lease_values(lease),
         )
         self._seen_lease(lease)
@@ -436,9 +442,17 @@ class PostgresTx:
         rows = self._all(self._WAITING, {"envs": list(environments), "labels": list(labels)})
         return [self._seen_ticket(ticket_from(r)) for r in rows]
 
+    def group_tickets(self, group_id: str) -> list[Ticket]:
+        rows = self._all(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE group_id = %s ORDER BY seq", (group_id,))
+        return [self._seen_ticket(ticket_from(r)) for r in rows]
+
+    def group_leases(self, group_id: str) -> list[Lease]:
+        rows = self._all(f"SELECT {LEASE_COLUMNS} FROM leases WHERE group_id = %s ORDER BY seq", (group_id,))
+        return [self._seen_lease(lease_from(r)) for r in rows]
+
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 15)})",
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join(['%s'] * 17)})",
             ticket_values(ticket),
         )
         self._seen_ticket(ticket)

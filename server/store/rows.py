@@ -9,11 +9,11 @@ from ..model import Delivery, Environment, Event, Lease, Ticket, Webhook
 
 LEASE_COLUMNS = (
     "id, environment, token, holder, metadata, fence, ttl, acquired_at, expires_at, touched_at, "
-    "key_name, state, ended_at, ticket_id, seq, collect_by"
+    "key_name, state, ended_at, ticket_id, seq, collect_by, group_id"
 )
 TICKET_COLUMNS = (
     "id, seq, key_name, environment, label, holder, ttl, priority, metadata, enqueued_at, seen_at, "
-    "request_id, state, lease_id, ended_at"
+    "request_id, state, lease_id, ended_at, group_id, group_seq"
 )
 ENV_COLUMNS = (
     "name, slots, labels, description, properties, maintenance, note, auto, created_at, updated_at, "
@@ -106,6 +106,7 @@ def lease_values(lease: Lease) -> tuple[Any, ...]:
         lease.ticket_id,
         lease.seq,
         lease.collect_by,
+        lease.group_id,
     )
 
 
@@ -127,6 +128,8 @@ def ticket_values(ticket: Ticket) -> tuple[Any, ...]:
         ticket.state,
         ticket.lease_id,
         ticket.ended_at,
+        ticket.group_id,
+        ticket.group_seq,
     )
 
 

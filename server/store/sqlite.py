@@ -88,6 +88,8 @@ class SQLiteTx:
         ORDER BY seq
     """
 
+    row_locks = False  # BEGIN IMMEDIATE holds the whole database: no decision waits for another's rows
+
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
@@ -112,6 +114,9 @@ class SQLiteTx:
     def group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
         # The whole database is locked by BEGIN IMMEDIATE; the group only bounds what is decided.
         return [env_from(r) for r in self._all(self._GROUP, (dump(list(names)), dump(list(labels))))]
+
+    def peek_group(self, names: Iterable[str], labels: Iterable[str]) -> list[Environment]:
+        return self.group(names, labels)  # one writer: nothing to lock, and nothing changes meanwhile
 
     def save_environment(self, env: Environment) -> None:
         # An upsert, not INSERT OR REPLACE: the columns the record does not carry (last_used_at) are kept.
@@ -169,7 +174,7 @@ class SQLiteTx:
         return lease_from(row) if row else None
 
     def insert_lease(self, lease: Lease) -> None:
-        marks = ",".join("?" * 16)
+        marks = ",".join("?" * 17)
         self._conn.execute(f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({marks})", lease_values(lease))
 
     def update_lease(self, lease: Lease) -> None:
@@ -202,9 +207,17 @@ class SQLiteTx:
         rows = self._all(self._WAITING, (dump(list(environments)), dump(list(labels))))
         return [ticket_from(r) for r in rows]
 
+    def group_tickets(self, group_id: str) -> list[Ticket]:
+        rows = self._all(f"SELECT {TICKET_COLUMNS} FROM tickets WHERE group_id = ? ORDER BY seq", (group_id,))
+        return [ticket_from(r) for r in rows]
+
+    def group_leases(self, group_id: str) -> list[Lease]:
+        rows = self._all(f"SELECT {LEASE_COLUMNS} FROM leases WHERE group_id = ? ORDER BY seq", (group_id,))
+        return [lease_from(r) for r in rows]
+
     def insert_ticket(self, ticket: Ticket) -> None:
         self._conn.execute(
-            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ({','.join('?' * 17)})",
             ticket_values(ticket),
         )
 
