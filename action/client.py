@@ -24,6 +24,7 @@ from .constants import (
 )
 from .errors import (
     APIError,
+    BadKey,
     CallMeError,
     ConnectError,
     NotFound,
@@ -67,6 +68,7 @@ class Client:
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        api_key = sendable_key(api_key)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retry_for = retry_for
@@ -422,3 +424,17 @@ def _lasting_connect_failure(exc: BaseException) -> type[ConnectError]:
             return TLSMismatch
         cause = cause.__cause__ or cause.__context__
     return ConnectError
+
+
+def sendable_key(key: str) -> str:
+    """The key as a header can carry it: surrounding whitespace dropped (a key file saved with CRLF, a pasted
+    space), anything else that is not printable ASCII refused with a ConfigError that never shows the key (httpx
+    would put it in an error message, or fail with a traceback)."""
+    key = key.strip()
+    if not key:
+        raise BadKey("the API key is empty (only whitespace)")
+    bad = next((i for i, c in enumerate(key) if not " " <= c <= "~"), None)
+    if bad is not None:
+        what = "a control character" if ord(key[bad]) < 0x20 or ord(key[bad]) == 0x7F else "a non-ASCII character"
+        raise BadKey(f"the API key has {what} at position {bad + 1} of {len(key)}, which an HTTP header cannot carry")
+    return key

@@ -2,6 +2,7 @@
 
     CallMeError
     ├── ConfigError               no URL or key to talk to a server with
+    │   ├── BadKey                the key cannot be sent (not printable ASCII)
     │   └── StateFileDamaged      the CLI's file of leases taken here cannot be read
     ├── TransportError            no answer, even after retries
     │   ├── ConnectError          refused, unresolvable, reset
@@ -61,6 +62,12 @@ class CallMeError(Exception):
 
 class ConfigError(CallMeError):
     hint = "set CALL_ME_URL and CALL_ME_API_KEY (or the original HOST and API_KEY), or pass --url and --api-key"
+
+
+class BadKey(ConfigError):
+    """The API key cannot be sent at all (not printable ASCII); the message never shows it."""
+
+    hint = "check CALL_ME_API_KEY (or API_KEY, --api-key)"
 
 
 class StateFileDamaged(ConfigError):

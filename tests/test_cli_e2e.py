@@ -501,3 +501,20 @@ def test_waited_is_the_queue_time_the_server_measured(server: ServerProcess, tmp
     lease = json.loads(out)
     assert lease["waited"] == lease["queued_for"]
     assert lease["queued_for"] >= 1.0
+
+
+def test_a_key_with_stray_whitespace_works_and_one_no_header_can_carry_is_one_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A key file saved with CRLF, or a pasted space: the key still works. A key no header can carry: one line,
+    exit 2, at once, and the key is never printed (httpx put it in each retry's warning, or raised a traceback)."""
+    for stray in (f" {ADMIN_KEY}", f"{ADMIN_KEY}\r", f"{ADMIN_KEY}\n"):
+        got = call(["status"], cli_env(server, tmp_path / "state.json", key=stray))
+        assert got.returncode == 0, got.stderr
+    for bad in ("héllo-secret-key", "tab\tinside-secret"):
+        got = call(["status"], cli_env(server, tmp_path / "state.json", key=bad))
+        assert got.returncode == 2, got.stderr
+        assert len(got.stderr.splitlines()) == 1, got.stderr
+        assert "HTTP header cannot carry" in got.stderr
+        assert "secret" not in got.stderr
+        assert "Traceback" not in got.stderr
