@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from . import pipeline
 from .client import Client
@@ -182,6 +182,7 @@ def request(ctx: Context) -> int:
 def release(ctx: Context) -> int:
     args = ctx.args
     url = ctx.settings.url
+    ended_before = False
     with ctx.client() as client:
         if args.lease:
             stored = ctx.state.find_id(url, args.lease)
@@ -194,12 +195,14 @@ def release(ctx: Context) -> int:
                 token = args.token or (stored.token if stored else None)
                 if not token:
                     raise UsageError(f"releasing lease {args.lease} needs its token: pass --token")
-                _release_quietly(client, args.lease, token, name)
+                ended_before = _release_quietly(client, args.lease, token, name) == "ended"
             ctx.state.remove(url, args.lease)
         elif args.environment:
             name = args.environment
             stored = ctx.state.find(url, name)
-            released = stored is not None and _release_quietly(client, stored.id, stored.token, name, missing_ok=True)
+            outcome = _release_quietly(client, stored.id, stored.token, name, missing_ok=True) if stored else "missing"
+            ended_before = outcome == "ended"
+            released = outcome != "missing"
             if stored is not None:
                 ctx.state.remove(url, stored.id)
             if not released and not _release_by_name(client, name, force=args.force, kept_in=ctx.state.path):
@@ -207,7 +210,10 @@ def release(ctx: Context) -> int:
         else:
             raise UsageError("release what? give ENV, or --lease ID --token TOKEN")
     target = f"environment: {name}" if name else f"lease: {args.lease}"
-    print(f"slot has been freed for {target}")
+    if ended_before:  # the warning on stderr says how; the slot is free either way, and a cleanup step succeeds
+        print(f"slot was already free for {target} (the lease had ended before this release)")
+    else:
+        print(f"slot has been freed for {target}")
     return ExitCode.OK
 
 
@@ -248,8 +254,11 @@ def _release_by_name(client: Client, name: str, *, force: bool, kept_in: Path) -
     return True
 
 
-def _release_quietly(client: Client, lease_id: str, token: str, name: str | None, *, missing_ok: bool = False) -> bool:
-    """Release; a lease that already ended is a warning, not a failure. False: the server does not know it."""
+def _release_quietly(
+    client: Client, lease_id: str, token: str, name: str | None, *, missing_ok: bool = False
+) -> Literal["released", "ended", "missing"]:
+    """Release; a lease that already ended is a warning, not a failure ("ended"). "missing": the server does not
+    know it (with `missing_ok`; else NotFound is raised)."""
 
     def ended(_: LeaseGone) -> None:
         logger.warning(
@@ -259,12 +268,12 @@ def _release_quietly(client: Client, lease_id: str, token: str, name: str | None
         )
 
     try:
-        release_or_report(client, lease_id, token=token, on_ended=ended)
+        released = release_or_report(client, lease_id, token=token, on_ended=ended)
     except NotFound:
         if not missing_ok:
             raise
-        return False
-    return True
+        return "missing"
+    return "released" if released else "ended"
 
 
 def _lease_environment(client: Client, lease_id: str) -> str | None:

@@ -518,3 +518,17 @@ def test_a_key_with_stray_whitespace_works_and_one_no_header_can_carry_is_one_li
         assert "HTTP header cannot carry" in got.stderr
         assert "secret" not in got.stderr
         assert "Traceback" not in got.stderr
+
+
+def test_releasing_a_lease_that_had_expired_says_the_slot_was_already_free(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    env = cli_env(server, tmp_path / "state.json")
+    assert call(["request", "zz", "--ttl", "1"], env).returncode == 0
+    with server.client() as http:
+        while http.get("/v1/environments/zz").json()["leases"]:
+            time.sleep(0.2)  # the sweep ends it after its TTL
+    got = call(["release", "zz"], env)
+    assert got.returncode == 0, got.stderr  # a cleanup step succeeds: the slot is free either way
+    assert got.stdout == "slot was already free for environment: zz (the lease had ended before this release)\n"
+    assert "had already ended (expired or revoked)" in got.stderr
