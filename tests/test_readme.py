@@ -105,12 +105,12 @@ def test_the_quick_start_installs_and_serves_pasted_in_order(tmp_path: Path) -> 
     package index, and the server, which then answers the original's route with the key it was given."""
     lines = [line for line in _block_after("Quick start", "sh").splitlines() if line.strip()]
     assert lines[0].startswith("git clone https://github.com/call-me/call-me.git"), lines
-    assert lines[-1] == "API_KEY=change-me-please call-me-server", lines
+    assert lines[-1] == "API_KEY=change-me-please CALL_ME_HOST=127.0.0.1 call-me-server", lines
     root = str(README.parent)
     setup = "\n".join([lines[0].replace("https://github.com/call-me/call-me.git", f"{root} call-me"), *lines[1:-1]])
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update({"PORT": str(port), "CALL_ME_HOST": "127.0.0.1"})
+    env["PORT"] = str(port)
     # The rest of the session's PATH, without this test run's own virtual environment.
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(root))
     script = f"set -e\n{setup}\n{lines[-1]}\n"
@@ -177,6 +177,7 @@ def test_the_backup_command_copies_a_running_server_and_the_copy_restores(tmp_pa
             kept = admin.post("/v1/leases", json={"environment": "uat", "holder": "in the copy"}).json()
             got = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=BOUND)
             assert got.returncode == 0, got.stderr
+            assert stat.S_IMODE(copy.stat().st_mode) == 0o600  # as private as the database (tokens' secrets aside)
             # After the copy: that lease ends, another is granted with a higher fence.
             assert admin.delete(f"/v1/leases/{kept['id']}", headers={"X-Lease-Token": kept["token"]}).status_code == 204
             later = admin.post("/v1/leases", json={"environment": "uat", "holder": "after the copy"}).json()
