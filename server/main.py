@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     from .errors import ConfigError
     from .logfilter import RepeatLimit
     from .secret import open_secret
-    from .serving import loop_factory, serve
+    from .serving import listen, loop_factory, serve
     from .settings import load
     from .store.base import redact
 
@@ -108,13 +108,19 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("AUTHENTICATION IS OFF (CALL_ME_NO_AUTH): anyone who reaches this port is an admin")
     log.info("starting on %s:%s with database %s", settings.host, settings.port, redact(settings.database))
     try:
+        # Before anything is written (the secret, the database): a port in use leaves no files behind.
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"call-me-server: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
         # Before the store opens: on SQLite its file is made (and durable) before any token is given out.
         secret = open_secret(settings)
     except ConfigError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        code = runner.run(serve(settings, secret))
+        code = runner.run(serve(settings, secret, listener))
     raise SystemExit(code)
 
 

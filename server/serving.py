@@ -38,7 +38,8 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-async def serve(settings: Settings, secret: ServerSecret) -> int:
+async def serve(settings: Settings, secret: ServerSecret, listener: socket.socket) -> int:
+    """Serve on `listener` (bound by main.py before anything is written: see `listen`) until a stop signal."""
     store = for_database(
         settings.database, Clock(), listen=settings.pg_listen, allow_new_database=settings.allow_new_database
     )
@@ -46,12 +47,7 @@ async def serve(settings: Settings, secret: ServerSecret) -> int:
         await store.open()
     except StoreError as exc:
         print(f"call-me-server: {exc}", file=sys.stderr)
-        return 1
-    try:
-        listener = listen(settings.host, settings.port)
-    except OSError as exc:
-        print(f"call-me-server: {exc.strerror}", file=sys.stderr)
-        await store.close()
+        listener.close()
         return 1
     log.info(
         "listening on http://%s:%d", f"[{settings.host}]" if ":" in settings.host else settings.host, settings.port

@@ -110,6 +110,7 @@ def test_a_port_in_use_stops_the_server_with_one_line_saying_what_to_do(tmp_path
         assert said == [f"call-me-server: port {first.port} is in use on 127.0.0.1 (another call-me-server?); "
                         "stop what holds it or set PORT"], got.stderr  # fmt: skip
         assert "Application startup complete" not in got.stderr  # refused before anything started
+        assert not list((tmp_path / "second").glob("*call-me.db*")), "files left behind by a start that failed"
         with first.client() as admin:
             assert admin.get("/readyz").status_code == 200  # the first one serves on
     finally:
