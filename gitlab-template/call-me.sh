@@ -304,6 +304,7 @@ _cm_acquire_curl() {
             _cm_left=$((_cm_deadline - $(_cm_now)))
             if [ "$_cm_left" -le 0 ]; then
                 _cm_leave
+                rm -f "$_cm_state/request.json" # this job gave up itself: after_script has nothing to ask
                 _cm_die 4 "gave up waiting for $_cm_what after ${CALL_ME_TIMEOUT}s ($_cm_n_timeout) and left the queue;" \
                     "raise $_cm_n_timeout, or see who holds it: GET $CALL_ME_URL/v1/environments"
             fi
@@ -319,6 +320,7 @@ _cm_acquire_curl() {
             [ -z "$_cm_deadline" ] || [ "$(_cm_now)" -lt "$_cm_deadline" ] || continue # its own message
             _cm_last=$_cm_status # _cm_leave makes a call of its own
             _cm_leave
+            rm -f "$_cm_state/request.json" # unreachable for CALL_ME_RETRY_FOR: after_script would wait as long again
             case $_cm_last in
             000) _cm_die 5 "could not reach $CALL_ME_URL for ${_cm_retry_for}s; is the server up, and CALL_ME_URL right?" ;;
             *) _cm_die 5 "gave up after ${_cm_retry_for}s of retries (CALL_ME_RETRY_FOR): $CALL_ME_URL still answers" \

@@ -18,7 +18,15 @@ from .serverproc import ADMIN_KEY, ServerProcess
 
 NAME = "feature/login"
 # What fills each path parameter; a route with a parameter not listed here fails the test until it is.
-PARAMETERS = {"name": "feature%2Flogin", "lease": "{lease}", "ticket": "t_unknown", "file": "dashboard.js"}
+PARAMETERS = {
+    "name": "feature%2Flogin",
+    "lease": "{lease}",
+    "ticket": "t_unknown",
+    "group": "g_unknown",
+    "file": "dashboard.js",
+}
+# A webhook's name is a plain word (docs/api.md), not an environment's: its routes get one of their own.
+HOOK_NAME = "ops-hook"
 QUERIES = {"/maybe": f"?environment={NAME}", "/maybe/": f"?environment={NAME}"}
 # Methods no route has: one httptools knows (PATCH, OPTIONS) and one nobody knows.
 ODD_METHODS = ("PATCH", "OPTIONS", "FOO")
@@ -55,6 +63,8 @@ def _url(route: Route, lease: str) -> str:
     names = set(route.param_convertors)
     assert names <= set(PARAMETERS), f"{route.path}: give {names - set(PARAMETERS)} a value in PARAMETERS"
     values = {key: value.replace("{lease}", lease) for key, value in PARAMETERS.items()}
+    if route.path.startswith("/v1/webhooks/"):
+        values["name"] = HOOK_NAME
     return route.path_format.format(**values) + QUERIES.get(route.path, "")
 
 
