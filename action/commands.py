@@ -230,15 +230,15 @@ def _release_by_name(client: Client, name: str, *, force: bool, kept_in: Path) -
         chosen = [lease for lease in leases if mine is not None and lease.metadata.get(pipeline.METADATA_KEY) == mine]
     if not chosen:
         if force:
-            print(f"nothing to release: environment {name} has no live lease", file=sys.stderr)
+            print(f"call-me: nothing to release: environment {name} has no live lease", file=sys.stderr)
         elif mine is None:
             print(
-                f"nothing to release: no lease on {name} was taken from here (none is kept in {kept_in}); "
+                f"call-me: nothing to release: no lease on {name} was taken from here (none is kept in {kept_in}); "
                 f"name it with --lease ID --token TOKEN, or free the oldest with --force (admin key)",
                 file=sys.stderr,
             )
         else:
-            print(f"nothing to release: pipeline {mine} holds no lease on {name}", file=sys.stderr)
+            print(f"call-me: nothing to release: pipeline {mine} holds no lease on {name}", file=sys.stderr)
         return False
     lease = chosen[0]
     try:
@@ -246,9 +246,15 @@ def _release_by_name(client: Client, name: str, *, force: bool, kept_in: Path) -
     except Forbidden as exc:
         raise Forbidden(
             exc.status,
-            f"lease {lease.id} on {name} was taken by {lease.holder if force else 'this pipeline'} in another job, "
-            "and this key may not release it without its token: release it in the job that took it, or pass "
-            f"--lease {lease.id} --token TOKEN",
+            (
+                f"lease {lease.id} on {name} is held by {lease.holder}: --force frees another's lease with an admin "
+                "key only"
+            )
+            if force
+            else (
+                f"lease {lease.id} on {name} was taken by this pipeline in another job, and this key may not release "
+                f"it without its token: release it in the job that took it, or pass --lease {lease.id} --token TOKEN"
+            ),
             context={"environment": name},
         ) from None
     return True
@@ -295,11 +301,13 @@ def renew(ctx: Context) -> int:
             raise UsageError(f"renewing lease {args.lease} needs its token: pass --token")
     elif args.environment:
         stored = ctx.state.find(url, args.environment)
-        if stored is None:
-            raise UsageError(
-                f"no lease on {args.environment} was taken here (state file {ctx.state.path}); "
-                "pass --lease ID --token TOKEN"
+        if stored is None:  # as `release ENV` with nothing of its own there: exit 7, one line
+            print(
+                f"{ctx.prog}: nothing to renew: no lease on {args.environment} was taken here (none is kept in "
+                f"{ctx.state.path}); name it with --lease ID --token TOKEN",
+                file=sys.stderr,
             )
+            return ExitCode.GONE
         lease_id, token = stored.id, stored.token
     else:
         raise UsageError("renew what? give ENV, or --lease ID --token TOKEN")

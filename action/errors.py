@@ -211,8 +211,8 @@ class TicketGone(Gone):
 
 class LeaseGone(Gone):
     default_code = "lease_gone"
-    meaning = "the lease has already ended (expired or revoked)"
-    hint = "request the environment again; use a longer --ttl or renew sooner"
+    meaning = "the lease has already ended"
+    hint = "request the environment again (if it expired: a longer --ttl, or renew sooner)"
 
 
 class TooLarge(APIError):

@@ -88,7 +88,13 @@ def _retrying(
 
     def log_retry(retry_state: tenacity.RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
-        logger.warning("%s failed (%s); retrying in %.1fs", what, _short(error), retry_state.upcoming_sleep)
+        # The first warning says for how long it will go on: an unreachable server looks hung otherwise.
+        left = (
+            f" (for up to {max(0.0, deadline - clock()):.0f}s more: --retry-for)"
+            if retry_state.attempt_number == 1
+            else ""
+        )
+        logger.warning("%s failed (%s); retrying in %.1fs%s", what, _short(error), retry_state.upcoming_sleep, left)
 
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_retryable),

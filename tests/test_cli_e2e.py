@@ -532,3 +532,17 @@ def test_releasing_a_lease_that_had_expired_says_the_slot_was_already_free(
     assert got.returncode == 0, got.stderr  # a cleanup step succeeds: the slot is free either way
     assert got.stdout == "slot was already free for environment: zz (the lease had ended before this release)\n"
     assert "had already ended (expired or revoked)" in got.stderr
+
+
+def test_renew_with_nothing_kept_and_force_without_an_admin_key_say_what_they_need(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    got = call(["renew", "uat"], cli_env(server, tmp_path / "a.json"))
+    assert got.returncode == 7, got.stderr  # as `release ENV` with nothing of its own there
+    assert got.stderr.startswith("call-me: nothing to renew: no lease on uat was taken here"), got.stderr
+    assert call(["request", "uat", "--holder", "deployer"], cli_env(server, tmp_path / "a.json")).returncode == 0
+    got = call(["release", "uat", "--force"], cli_env(server, tmp_path / "b.json", key=CLIENT_KEY))
+    assert got.returncode == 6, got.stderr
+    assert len(got.stderr.splitlines()) == 1, got.stderr
+    assert "held by deployer: --force frees another's lease with an admin key only" in got.stderr
+    assert [lease["holder"] for lease in live_leases(server, "uat")] == ["deployer"]

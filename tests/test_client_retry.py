@@ -175,9 +175,13 @@ def test_backoff_doubles_from_the_first_failure_and_each_retry_is_one_line(
         assert floor <= slept <= floor + RETRY_BACKOFF_FIRST
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 8
-    for line, slept in zip(lines, fake_time.sleeps, strict=True):
+    for n, (line, slept) in enumerate(zip(lines, fake_time.sleeps, strict=True)):
         assert line.startswith("GET /v1/environments/uat failed (could not connect to http://call-me.test: ")
-        assert line.endswith(f"); retrying in {slept:.1f}s")
+        # The first also says for how long it will go on (the client's retry_for), so that it never looks hung.
+        said = f"); retrying in {slept:.1f}s" + (
+            f" (for up to {client.retry_for:.0f}s more: --retry-for)" if n == 0 else ""
+        )
+        assert line.endswith(said), line
 
 
 def test_502_and_504_from_a_gateway_are_retried(router: respx.MockRouter, client: Client) -> None:
