@@ -242,6 +242,14 @@ _cm_refused() { # WHAT: the server's answer was an error it decided; exit with t
     400 | 413 | 422) _cm_code=2 ;;
     *) _cm_code=1 ;;
     esac
+    # A problem document (API.md) says it in its "detail" and "code": those, not the JSON; anything else (a
+    # proxy's page) as it came.
+    _cm_detail='' _cm_slug=''
+    case $_cm_body in *'"detail":"'*) _cm_detail=${_cm_body#*'"detail":"'} _cm_detail=${_cm_detail%%'"'*} ;; esac
+    case $_cm_body in *'"code":"'*) _cm_slug=${_cm_body#*'"code":"'} _cm_slug=${_cm_slug%%'"'*} ;; esac
+    if [ -n "$_cm_detail" ]; then
+        _cm_die "$_cm_code" "$1: the server answered HTTP $_cm_status ${_cm_slug:-error}: $_cm_detail"
+    fi
     _cm_die "$_cm_code" "$1: the server answered HTTP $_cm_status: $_cm_body"
 }
 
@@ -304,7 +312,7 @@ _cm_acquire_curl() {
             _cm_left=$((_cm_deadline - $(_cm_now)))
             if [ "$_cm_left" -le 0 ]; then
                 _cm_leave
-                rm -f "$_cm_state/request.json" # this job gave up itself: after_script has nothing to ask
+                rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json" # this job gave up itself: after_script has nothing to ask
                 _cm_die 4 "gave up waiting for $_cm_what after ${CALL_ME_TIMEOUT}s ($_cm_n_timeout) and left the queue;" \
                     "raise $_cm_n_timeout, or see who holds it: GET $CALL_ME_URL/v1/environments"
             fi
@@ -315,12 +323,14 @@ _cm_acquire_curl() {
         _cm_body_json="{$_cm_fixed,\"wait\":$_cm_wait,\"request_id\":\"$_cm_id\""
         [ -z "$CALL_ME_TICKET" ] || _cm_body_json="$_cm_body_json,\"ticket\":\"$CALL_ME_TICKET\""
         printf '%s}' "$_cm_body_json" >"$_cm_state/request.json"
+        # What after_script asks again with if the job is killed before it learns what this request made.
+        printf '{%s,"wait":0,"queue":false,"request_id":"%s"}' "$_cm_fixed" "$_cm_id" >"$_cm_state/withdraw.json"
         if ! _cm_call POST /v1/leases $((_cm_wait + 30)) -H 'Content-Type: application/json' \
             --data-binary @"$_cm_state/request.json"; then
             [ -z "$_cm_deadline" ] || [ "$(_cm_now)" -lt "$_cm_deadline" ] || continue # its own message
             _cm_last=$_cm_status # _cm_leave makes a call of its own
             _cm_leave
-            rm -f "$_cm_state/request.json" # unreachable for CALL_ME_RETRY_FOR: after_script would wait as long again
+            rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json" # unreachable for CALL_ME_RETRY_FOR: after_script would wait as long again
             case $_cm_last in
             000) _cm_die 5 "could not reach $CALL_ME_URL for ${_cm_retry_for}s; is the server up, and CALL_ME_URL right?" ;;
             *) _cm_die 5 "gave up after ${_cm_retry_for}s of retries (CALL_ME_RETRY_FOR): $CALL_ME_URL still answers" \
@@ -328,9 +338,9 @@ _cm_acquire_curl() {
                 "run the job again later, or ask the server's admin (its /readyz says whether it reaches its store)" ;;
             esac
         fi
-        # An answer came: what the request made is known. request.json stays until that is written down (a 201's
+        # An answer came: what the request made is known. withdraw.json stays until that is written down (a 201's
         # lease by _cm_acquire, a 202's ticket below), in case the job is killed in between.
-        case $_cm_status in 201 | 202) ;; *) rm -f "$_cm_state/request.json" ;; esac
+        case $_cm_status in 201 | 202) ;; *) rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json" ;; esac
         case $_cm_status in
         201)
             _cm_parse "$_cm_body" || _cm_die 1 "the server's answer is not KEY='value' lines; is CALL_ME_URL a call-me server?"
@@ -341,7 +351,7 @@ _cm_acquire_curl() {
             elif [ -z "${CALL_ME_LEASE_ID:-}" ] || [ -z "${CALL_ME_LEASE_TOKEN:-}" ]; then
                 _cm_die 1 "the server's answer has no lease id or token"
             fi
-            rm -f "$_cm_state/ticket" # request.json goes once the lease is written (_cm_acquire)
+            rm -f "$_cm_state/ticket" # withdraw.json goes once the lease is written (_cm_acquire)
             trap - HUP INT TERM
             return 0
             ;;
@@ -351,7 +361,7 @@ _cm_acquire_curl() {
             fi
             # after_script (pre-exit) leaves the queue with it if the job is stopped while it waits.
             _cm_write "$_cm_state/ticket" CALL_ME_TICKET
-            rm -f "$_cm_state/request.json"
+            rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json"
             _cm_say "waiting for $_cm_what (position ${CALL_ME_POSITION:-?} in queue, $(($(_cm_now) - _cm_started))s so far)"
             _cm_wait=25 # the server holds a long-poll at most its max_wait (25 s by default)
             ;;
@@ -461,7 +471,7 @@ _cm_acquire() {
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
     _cm_write "$_cm_state/lease" CALL_ME_LEASE_ID CALL_ME_LEASE_TOKEN CALL_ME_ENVIRONMENT CALL_ME_FENCE \
         CALL_ME_ACQUIRED_BY CALL_ME_ACQUIRED_AT || _cm_die 1 "cannot write the lease to $_cm_state/lease"
-    rm -f "$_cm_state/request.json"
+    rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json"
     # What the job's script sees (the YAML sources this file after the subshell): never the token.
     : >"$_cm_state/variables.new"
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
@@ -478,10 +488,8 @@ _cm_withdraw() { # the job was killed before it learnt what its POST made: ask a
     # The same request_id returns what the first request created (API.md): its lease, token and all, or its
     # ticket's place. Asked with queue:false and no wait, it takes no new place; a lease it grants now, because the
     # first POST made nothing and a slot is free, is given back too.
-    _cm_out=$(sed -e 's/"wait":[0-9]*/"wait":0,"queue":false/' -e 's/,"ticket":"[^"]*"//' "$_cm_state/request.json")
-    printf '%s' "$_cm_out" >"$_cm_state/request.json"
     _cm_until=$(($(_cm_now) + 15))
-    if ! _cm_call POST /v1/leases 20 -H 'Content-Type: application/json' --data-binary @"$_cm_state/request.json"; then
+    if ! _cm_call POST /v1/leases 20 -H 'Content-Type: application/json' --data-binary @"$_cm_state/withdraw.json"; then
         _cm_say "could not ask what the stopped job's request made; a lease it got expires after its TTL"
         return 0
     fi
@@ -513,7 +521,7 @@ _cm_withdraw() { # the job was killed before it learnt what its POST made: ask a
 _cm_acquired_group() { # the lease file and the job's variables of several environments held at once
     _cm_write "$_cm_state/lease" CALL_ME_GROUP_ID CALL_ME_GROUP_TOKEN CALL_ME_ENVIRONMENTS \
         CALL_ME_ACQUIRED_BY CALL_ME_ACQUIRED_AT || _cm_die 1 "cannot write the lease to $_cm_state/lease"
-    rm -f "$_cm_state/request.json"
+    rm -f "$_cm_state/request.json" "$_cm_state/withdraw.json"
     : >"$_cm_state/variables.new"
     # shellcheck disable=SC2086 # _cm_props is a list of variable names
     for _cm_name in CALL_ME_ENVIRONMENTS CALL_ME_GROUP_ID $_cm_props; do
@@ -571,7 +579,7 @@ _cm_release() {
             _cm_parse "$(cat "$_cm_state/ticket")"
             _cm_say "the job stopped while waiting; leaving the queue"
             _cm_leave
-        elif [ -f "$_cm_state/request.json" ]; then
+        elif [ -f "$_cm_state/withdraw.json" ]; then
             _cm_settings
             _cm_say "the job stopped while its request was on its way; asking the server what it made"
             _cm_withdraw

@@ -758,3 +758,31 @@ def test_component_input_environments_holds_them_at_once(project: MakeProject, s
     assert_secret_free(pipeline, "deploy")
     events = assert_balanced(server, acquired=2)
     assert sorted(e["environment"] for e in events if e["kind"] == "acquired") == ["payments-sandbox", "uat"]
+
+
+def test_curl_path_says_what_the_server_refused_in_its_words_not_its_json(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A wrong key on the curl path: one line with the status, the code and the problem's detail (API.md's
+    problem document), not the raw JSON; exit 6 as the CLI's."""
+    yaml = import_tool("yaml")
+    job = yaml.safe_load((ROOT / "gitlab-template" / "call-me.gitlab-ci.yml").read_text())[".call-me"]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CALL_ME_URL": server.url,
+        "CALL_ME_API_KEY": "not-a-key-of-this-server",
+        "CALL_ME_ENVIRONMENT": "uat",
+        "CALL_ME_CLIENT": "curl",
+        "CI_PROJECT_DIR": str(tmp_path),
+        "CI_JOB_ID": "9",
+    }
+    got = subprocess.run(
+        ["bash", "-c", "set -eo pipefail\n" + job["before_script"][0]], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert got.returncode == 6, got.stderr
+    said = [line for line in got.stderr.splitlines() if "could not acquire" in line]
+    assert len(said) == 1, got.stderr
+    assert said[0].startswith("call-me: could not acquire environment uat: the server answered HTTP 401 unauthorized: ")
+    assert "{" not in said[0]
+    assert "not-a-key-of-this-server" not in got.stderr
