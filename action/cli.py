@@ -200,15 +200,25 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if args.command == "run":
             args.cmd = argv[split + 1 :]
             if not args.cmd:
-                parser.error("run: give the command to run after --")
+                _usage_of(parser, "run").error("run: give the command to run after --")
             return args
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         shown = " ".join([*(a for a in argv if a not in extra), "--", *extra]) if extra else "run uat -- make test"
-        parser.error(f"run: give the command to run after --, as in: {shown}")
+        _usage_of(parser, "run").error(f"run: give the command to run after --, as in: {shown}")
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _usage_of(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-command's own parser, so that an error about `request` shows `call-me request`'s usage."""
+    for action in parser._actions:  # argparse keeps its sub-parsers there and nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser | None = action.choices.get(command)
+            if found is not None:
+                return found
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -216,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser(prog)
     args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     if args.command in ("request", "run") and (args.environment is None) == (args.label is None):
-        parser.error(f"{args.command}: give exactly one of ENV and --label")
+        _usage_of(parser, args.command).error(f"{args.command}: give exactly one of ENV and --label")
     from . import interrupt
     from .imports import import_httpx_without_its_cli
 
