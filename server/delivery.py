@@ -178,6 +178,10 @@ class Deliverer:
                 error = f"no answer within {self._settings.webhook_timeout:g} s"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:MAX_WEBHOOK_ERROR_LENGTH]
+            except Exception as exc:
+                # (An exception escaping here recorded nothing: the delivery was due again at once, for ever.) Its
+                # type only: the message of an URL error names the hook's host, which may be a secret of its own.
+                error = f"could not send: {type(exc).__name__}"
         await self._record(delivery, status, error, time.monotonic() - started)
 
     async def _record(self, delivery: Delivery, status: int | None, error: str | None, took: float) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from . import validation
 from .constants import (
     MAX_WEBHOOK_SECRET_LENGTH,
@@ -118,6 +120,12 @@ def url(value: Any) -> str:
         raise Invalid("url", "must name a host, e.g. https://hooks.example.com/call-me")
     if parts.username is not None or parts.password is not None:
         raise Invalid("url", "must not carry a user or password; the secret signs every delivery")
+    try:
+        # What the deliverer will send to, parsed as httpx parses it: a host that is no valid IDNA name (a bad
+        # A-label, a zero-width space) is refused here, not found out at every attempt for ever.
+        httpx.URL(text).host  # noqa: B018 - decoding the host is what raises, as building the request would
+    except (httpx.InvalidURL, ValueError):
+        raise Invalid("url", "has a host name that cannot be sent to (not a valid internationalised name)") from None
     return text
 
 

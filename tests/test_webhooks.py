@@ -412,6 +412,9 @@ def test_a_hook_sealed_with_a_server_secret_now_gone_says_so(tmp_path: Path, rec
         ({"url": "hooks.example/x"}, "url"),
         ({"url": "http://"}, "url"),
         ({"url": "https://user:pw@hooks.example/x"}, "url"),
+        # Hosts httpx cannot send to (a bad A-label, a zero-width space): refused, not retried at full speed for ever.
+        ({"url": "http://xn--zz.com/secret-path"}, "url"),
+        ({"url": "http://hooks\u200b.example.com/T0KEN"}, "url"),
         ({"url": 7}, "url"),
         ({"events": []}, "events"),
         ({"events": ["lease.acquired"]}, "events"),
