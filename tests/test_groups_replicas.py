@@ -36,7 +36,7 @@ def _take_and_give_back(http: httpx.Client, body: dict[str, object], failures: l
         failures.append(f"{body}: {answer.status_code} {answer.text}")
         return
     got = answer.json()
-    if "group" in got:
+    if "leases" in got:  # a group's 201 (a single lease also says "group": null since leases carry it)
         done = http.delete(f"/v1/groups/{got['group']}", headers={TOKEN: got["token"]})
     else:
         done = http.delete(f"/v1/leases/{got['id']}", headers={TOKEN: got["token"]})
