@@ -129,21 +129,47 @@ def servable(envs: Sequence[Environment], parts: Sequence[Ticket]) -> bool:
 
 def _match(options: Sequence[Sequence[Environment]]) -> list[str] | None:
     """One environment per part, each a different one, taking each part's options in their order (the first
-    such choice in that order); None when there is none."""
-    chosen: list[str] = []
+    such choice in that order: part 1 the first option that leaves the others a choice, then part 2 ...); None
+    when there is none.
 
-    def place(i: int) -> bool:
-        if i == len(options):
-            return True
-        for env in options[i]:
-            if env.name not in chosen:
-                chosen.append(env.name)
-                if place(i + 1):
-                    return True
-                chosen.pop()
+    In polynomial time, whatever the caller puts in (a plain backtracking search took N^k steps on k label parts
+    of N environments each, with one part that cannot be placed last: seconds on the writer, for any client key).
+    Each part keeps only its first k options (k parts): a part with k options always finds one the other k - 1 did
+    not take, so that neither whether there is a choice nor which is the first one changes (the first option
+    that leaves the others a choice is among any k: at most k - 1 environments are in every choice of the
+    others). Then each part in turn takes its first option after which the others can still be placed, as a
+    bipartite matching (augmenting paths) says.
+    """
+    k = len(options)
+    names = [[env.name for env in part[:k]] for part in options]
+    if not _placeable(names, frozenset()):
+        return None
+    chosen: list[str] = []
+    for i, part in enumerate(names):
+        for name in part:
+            if name not in chosen and _placeable(names[i + 1 :], frozenset([*chosen, name])):
+                chosen.append(name)
+                break
+        else:  # pragma: no cover - the whole was placeable, so each step has a choice
+            return None
+    return chosen
+
+
+def _placeable(parts: Sequence[Sequence[str]], taken: frozenset[str]) -> bool:
+    """Whether every part can have an environment of its own, none of `taken` (Kuhn's augmenting paths)."""
+    owner: dict[str, int] = {}
+
+    def augment(i: int, seen: set[str]) -> bool:
+        for name in parts[i]:
+            if name in taken or name in seen:
+                continue
+            seen.add(name)
+            if name not in owner or augment(owner[name], seen):
+                owner[name] = i
+                return True
         return False
 
-    return chosen if place(0) else None
+    return all(augment(i, set()) for i in range(len(parts)))
 
 
 def _usable(envs: Sequence[Environment]) -> Callable[[Ticket], Sequence[Environment]]:

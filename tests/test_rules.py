@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from callme.server import rules
 from callme.server.model import Environment, Lease, Ticket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FLOOR = rules.Floor(started_at=1000.0, grace=60.0)
 
@@ -139,3 +141,44 @@ def test_a_groups_position_is_that_of_its_part_furthest_back() -> None:
     assert rules.position(envs, waiting, waiting[2]) == 3
     assert rules.positions(envs, waiting) == {"t1": 1, "t2": 2, "t3": 3, "t4": 3, "t5": 2}
     assert rules.position(envs, waiting, waiting[4]) == 2
+
+
+def _first_choice_by_search(options: list[list[Environment]]) -> list[str] | None:
+    """The reference: every choice in the parts' order of options, by exhaustive search (fine at this size)."""
+    chosen: list[str] = []
+
+    def place(i: int) -> bool:
+        if i == len(options):
+            return True
+        for env in options[i]:
+            if env.name not in chosen:
+                chosen.append(env.name)
+                if place(i + 1):
+                    return True
+                chosen.pop()
+        return False
+
+    return chosen if place(0) else None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_a_groups_choice_is_the_first_in_the_order_of_options(data: st.DataObject) -> None:
+    """rules._match (polynomial, whatever the input) chooses what an exhaustive search in the same order would."""
+    pool = [Environment(f"e{i}") for i in range(data.draw(st.integers(1, 9)))]
+    parts = data.draw(st.integers(1, 6))
+    options = []
+    for _ in range(parts):
+        order = data.draw(st.permutations(pool))
+        options.append(list(order[: data.draw(st.integers(0, len(pool)))]))
+    assert rules._match(options) == _first_choice_by_search(options)
+
+
+def test_a_group_no_environments_can_serve_is_decided_without_trying_every_choice() -> None:
+    # Three parts of 300 environments each first, then five parts over four: no choice. A search of every choice
+    # takes 300 * 299 * 298 * (4! ...) steps (hours); the matching answers at once, and the test's timeout would
+    # catch the search.
+    wide = [Environment(f"p{i}") for i in range(300)]
+    narrow = [Environment(f"d{i}") for i in range(4)]
+    assert rules._match([wide, wide, wide, *[narrow] * 5]) is None
+    assert rules._match([wide, wide, wide, *[narrow] * 4]) == ["p0", "p1", "p2", "d0", "d1", "d2", "d3"]
