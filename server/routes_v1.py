@@ -40,14 +40,19 @@ async def get_lease(request: Request) -> Response:
     return JSONResponse(render.lease_json(found.lease, found.environment))
 
 
-async def renew(request: Request) -> Response:
+async def _renewal(request: Request) -> tuple[str | None, int | None]:
+    """A renew's token (X-Lease-Token, else the body's) and ttl, for a lease or a group alike."""
     p = parts(request)
     p.keyring.require(request.headers, "client")
     ttl, body_token = validation.renew_ttl(
         validation.parse_object(await body(request), empty_ok=True), p.settings.max_ttl
     )
-    token = request.headers.get("x-lease-token") or body_token
-    renewed = await p.service.renew(request.path_params["lease"], token, ttl)
+    return request.headers.get("x-lease-token") or body_token, ttl
+
+
+async def renew(request: Request) -> Response:
+    token, ttl = await _renewal(request)
+    renewed = await parts(request).service.renew(request.path_params["lease"], token, ttl)
     return JSONResponse(render.lease_json(renewed.lease, renewed.environment))
 
 
@@ -67,13 +72,8 @@ async def get_group(request: Request) -> Response:
 
 
 async def renew_group(request: Request) -> Response:
-    p = parts(request)
-    p.keyring.require(request.headers, "client")
-    ttl, body_token = validation.renew_ttl(
-        validation.parse_object(await body(request), empty_ok=True), p.settings.max_ttl
-    )
-    token = request.headers.get("x-lease-token") or body_token
-    renewed = await p.service.renew_group(request.path_params["group"], token, ttl)
+    token, ttl = await _renewal(request)
+    renewed = await parts(request).service.renew_group(request.path_params["group"], token, ttl)
     return JSONResponse(render.group_json(renewed))
 
 

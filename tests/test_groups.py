@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from .contract import running
 from .serverproc import CLIENT_KEY, ServerProcess
 
 TOKEN = "X-Lease-Token"
@@ -23,13 +24,8 @@ PARTS = [{"environment": "uat"}, {"environment": "payments-sandbox"}]
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     database = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    proc = ServerProcess(tmp_path, database=database)
-    proc.start()
-    try:
+    with running(tmp_path, database=database) as proc:
         yield proc
-    finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 @pytest.fixture
